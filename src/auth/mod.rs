@@ -1,0 +1,386 @@
+//! Authentication: OAuth 2.0 connect ([`OAuthClient`]), access tokens that
+//! refresh themselves ([`TokenProvider`]), static tokens (private apps, API
+//! keys) and where tokens are kept ([`TokenStore`]).
+
+mod oauth;
+mod store;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+pub use oauth::{AuthorizationRequest, Callback, ClientAuth, OAuthClient, OAuthConfig, PendingAuthorization};
+pub use store::{EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, TokenStore};
+
+use crate::error::AuthErrorKind;
+use crate::{Error, Result};
+
+/// What the API client asks for a bearer token before every request.
+#[async_trait]
+pub trait AccessTokenSource: Send + Sync + std::fmt::Debug {
+    /// A token valid for at least the next request.
+    async fn access_token(&self) -> Result<SecretString>;
+
+    /// Called when the API answered 401 to a request made with `refused`.
+    /// Returns true when a different token is now available (the request is
+    /// then retried once). The default: no second chance.
+    async fn refresh_after_unauthorized(&self, refused: &SecretString) -> Result<bool> {
+        let _ = refused;
+        Ok(false)
+    }
+
+    /// What a 401 means when no refresh helped: [`AuthErrorKind::Rejected`]
+    /// by default; a Mailchimp OAuth token that stops working was revoked, so
+    /// its source says [`AuthErrorKind::Reauthorize`].
+    fn unauthorized_kind(&self) -> AuthErrorKind {
+        AuthErrorKind::Rejected
+    }
+}
+
+/// A token that never changes: a `HubSpot` private-app token, a Mailchimp API
+/// key or OAuth token.
+#[derive(Debug, Clone)]
+pub struct StaticToken {
+    token: SecretString,
+    on_unauthorized: AuthErrorKind,
+}
+
+impl StaticToken {
+    /// A static token; a 401 is reported as [`AuthErrorKind::Rejected`].
+    pub fn new(token: SecretString) -> Self {
+        StaticToken {
+            token,
+            on_unauthorized: AuthErrorKind::Rejected,
+        }
+    }
+
+    /// A token that, once refused, means the account must be connected again.
+    pub fn revocable(token: SecretString) -> Self {
+        StaticToken {
+            token,
+            on_unauthorized: AuthErrorKind::Reauthorize,
+        }
+    }
+}
+
+#[async_trait]
+impl AccessTokenSource for StaticToken {
+    async fn access_token(&self) -> Result<SecretString> {
+        Ok(self.token.clone())
+    }
+    fn unauthorized_kind(&self) -> AuthErrorKind {
+        self.on_unauthorized
+    }
+}
+
+/// The tokens of one connected account.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TokenSet {
+    /// The bearer token, if one was issued yet.
+    pub access_token: Option<SecretString>,
+    /// The refresh token, if the provider issues one.
+    pub refresh_token: Option<SecretString>,
+    /// When the access token expires (`None`: never, or unknown).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Granted scopes, when the provider says.
+    pub scopes: Vec<String>,
+}
+
+impl TokenSet {
+    /// Only a refresh token (as read from configuration): the first use
+    /// refreshes.
+    pub fn from_refresh_token(refresh_token: SecretString) -> Self {
+        TokenSet {
+            refresh_token: Some(refresh_token),
+            ..Default::default()
+        }
+    }
+
+    /// An access token with its lifetime, and an optional refresh token.
+    pub fn new(
+        access_token: SecretString,
+        refresh_token: Option<SecretString>,
+        expires_in: Option<Duration>,
+    ) -> Self {
+        TokenSet {
+            access_token: Some(access_token),
+            refresh_token,
+            expires_at: expires_in
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .map(|d| Utc::now() + d),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// True when there is no access token or it expires within `margin`.
+    pub fn needs_refresh(&self, margin: Duration) -> bool {
+        match (&self.access_token, self.expires_at) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(at)) => {
+                let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::zero());
+                Utc::now() + margin >= at
+            }
+        }
+    }
+
+    pub(crate) fn to_stored(&self) -> StoredTokens {
+        StoredTokens {
+            access_token: self.access_token.as_ref().map(|s| s.expose_secret().to_owned()),
+            refresh_token: self.refresh_token.as_ref().map(|s| s.expose_secret().to_owned()),
+            expires_at: self.expires_at,
+            scopes: self.scopes.clone(),
+        }
+    }
+
+    pub(crate) fn from_stored(s: StoredTokens) -> Self {
+        TokenSet {
+            access_token: s.access_token.map(SecretString::from),
+            refresh_token: s.refresh_token.map(SecretString::from),
+            expires_at: s.expires_at,
+            scopes: s.scopes,
+        }
+    }
+}
+
+fn same_secret(a: &Option<SecretString>, b: &Option<SecretString>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The serialized form of a [`TokenSet`], only ever written encrypted or to
+/// a store the user chose.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredTokens {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Access tokens that refresh themselves.
+///
+/// - Refreshes `margin` (default 5 minutes) before expiry, so a long sync
+///   never sends an expired token (`HubSpot` tokens live 30 minutes).
+/// - One refresh in flight per account however many tasks ask: the others
+///   wait and then use its result.
+/// - A rotated refresh token is saved to the [`TokenStore`] *before* the new
+///   access token is handed out, so a crash never loses the only valid
+///   refresh token (Constant Contact's rotating tokens are single use).
+/// - Before refreshing, the store is read again: if another process already
+///   rotated the tokens, its result is adopted instead of spending the old
+///   refresh token.
+/// - On a 401, refreshes once if the refused token is still the current one.
+///
+/// Cheap to clone; clones share the tokens.
+#[derive(Clone)]
+pub struct TokenProvider {
+    inner: Arc<ProviderInner>,
+}
+
+struct ProviderInner {
+    key: String,
+    oauth: OAuthClient,
+    store: Arc<dyn TokenStore>,
+    current: std::sync::RwLock<TokenSet>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    margin: Duration,
+    refreshes: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenProvider")
+            .field("key", &self.inner.key)
+            .field("oauth", &self.inner.oauth)
+            .field("store", &self.inner.store)
+            .field("margin", &self.inner.margin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenProvider {
+    /// A provider for the account stored under `key` in `store`.
+    ///
+    /// If the store has no tokens for `key`, `seed` (for example a refresh
+    /// token from configuration) is saved and used; if it has some, they win,
+    /// because they may hold a refresh token rotated since `seed` was issued.
+    pub async fn new(
+        oauth: OAuthClient,
+        store: Arc<dyn TokenStore>,
+        key: impl Into<String>,
+        seed: Option<TokenSet>,
+    ) -> Result<Self> {
+        let key = key.into();
+        let tokens = match store.load(&key).await? {
+            Some(stored) => stored,
+            None => match seed {
+                Some(seed) => {
+                    store.save(&key, &seed).await?;
+                    seed
+                }
+                None => {
+                    return Err(Error::Auth {
+                        provider: oauth.provider(),
+                        kind: AuthErrorKind::Missing,
+                        message: format!("no tokens stored under `{key}`"),
+                    })
+                }
+            },
+        };
+        Ok(TokenProvider {
+            inner: Arc::new(ProviderInner {
+                key,
+                oauth,
+                store,
+                current: std::sync::RwLock::new(tokens),
+                refresh_lock: tokio::sync::Mutex::new(()),
+                margin: Duration::from_secs(300),
+                refreshes: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Refresh this long before expiry (default 5 minutes). Call before
+    /// cloning.
+    pub fn with_margin(mut self, margin: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.margin = margin;
+        }
+        self
+    }
+
+    /// The store key of this account.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// How many refreshes this provider made.
+    pub fn refresh_count(&self) -> u64 {
+        self.inner.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the current tokens.
+    pub fn tokens(&self) -> TokenSet {
+        self.read().clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TokenSet> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TokenSet> {
+        self.inner
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refreshes when `stale` holds for the current tokens, with one refresh
+    /// in flight at a time; returns the access token to use.
+    async fn refresh_if(&self, stale: impl Fn(&TokenSet) -> bool) -> Result<SecretString> {
+        let _guard = self.inner.refresh_lock.lock().await;
+        {
+            let cur = self.read();
+            if !stale(&cur) {
+                if let Some(t) = &cur.access_token {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        // Another process may have rotated the tokens already.
+        if let Some(stored) = self.inner.store.load(&self.inner.key).await? {
+            let differs = !same_secret(&stored.refresh_token, &self.read().refresh_token)
+                || !same_secret(&stored.access_token, &self.read().access_token);
+            if differs {
+                *self.write() = stored.clone();
+                if !stale(&stored) {
+                    if let Some(t) = stored.access_token {
+                        return Ok(t);
+                    }
+                }
+            }
+        }
+        let refresh_token = self.read().refresh_token.clone().ok_or_else(|| Error::Auth {
+            provider: self.inner.oauth.provider(),
+            kind: AuthErrorKind::Reauthorize,
+            message: "the access token expired and there is no refresh token".into(),
+        })?;
+        let mut fresh = self.inner.oauth.refresh(&refresh_token).await?;
+        if fresh.refresh_token.is_none() {
+            fresh.refresh_token = Some(refresh_token);
+        }
+        self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
+        // Persist first: the old refresh token may already be spent.
+        let saved = self.inner.store.save(&self.inner.key, &fresh).await;
+        let access = fresh.access_token.clone();
+        *self.write() = fresh;
+        saved?;
+        tracing::debug!(key = %self.inner.key, "access token refreshed");
+        access.ok_or_else(|| Error::Auth {
+            provider: self.inner.oauth.provider(),
+            kind: AuthErrorKind::Rejected,
+            message: "the token endpoint returned no access token".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl AccessTokenSource for TokenProvider {
+    async fn access_token(&self) -> Result<SecretString> {
+        let margin = self.inner.margin;
+        {
+            let cur = self.read();
+            if !cur.needs_refresh(margin) {
+                if let Some(t) = &cur.access_token {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        self.refresh_if(|t| t.needs_refresh(margin)).await
+    }
+
+    async fn refresh_after_unauthorized(&self, refused: &SecretString) -> Result<bool> {
+        let refused = refused.expose_secret().to_owned();
+        self.refresh_if(|t| match &t.access_token {
+            Some(a) => a.expose_secret() == refused,
+            None => true,
+        })
+        .await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_margin() {
+        let t = TokenSet::new("a".into(), None, Some(Duration::from_secs(60)));
+        assert!(!t.needs_refresh(Duration::from_secs(10)));
+        assert!(t.needs_refresh(Duration::from_secs(120)));
+        assert!(TokenSet::from_refresh_token("r".into()).needs_refresh(Duration::ZERO));
+        assert!(!TokenSet::new("a".into(), None, None).needs_refresh(Duration::from_secs(1 << 20)));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let t = TokenSet::new("sekrit-access".into(), Some("sekrit-refresh".into()), None);
+        let s = format!("{t:?} {:?}", StaticToken::new("sekrit-static".into()));
+        assert!(!s.contains("sekrit"), "{s}");
+    }
+}

@@ -1,0 +1,166 @@
+//! One generic cursor pagination over `futures::Stream`, used by every
+//! provider: `HubSpot`'s `after`, Constant Contact's `_links.next.href`,
+//! Mailchimp's offset/count.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+
+use futures::Stream;
+
+use crate::{Error, Result};
+
+/// One page from a paginated listing: its items and the cursor of the next
+/// page (`None` on the last page).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Paged<T, C> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// The cursor for the next page, if there is one.
+    pub next: Option<C>,
+}
+
+impl<T, C> Paged<T, C> {
+    /// A page.
+    pub fn new(items: Vec<T>, next: Option<C>) -> Self {
+        Paged { items, next }
+    }
+}
+
+/// Turns "fetch the page at this cursor" into a stream of pages.
+///
+/// - Nothing is fetched until the stream is polled.
+/// - `start` is the cursor of the first page (`None`: the beginning), so a
+///   listing resumes from a checkpoint.
+/// - The stream ends after the first error.
+/// - A cursor the listing already returned ends the stream with
+///   [`Error::CursorRepeated`] instead of looping forever; the page that
+///   carried it is not yielded (its position cannot be checkpointed).
+pub fn paginate<T, C, F, Fut>(
+    provider: &'static str,
+    what: impl Into<String>,
+    start: Option<C>,
+    mut fetch: F,
+) -> impl Stream<Item = Result<Paged<T, C>>>
+where
+    C: Clone + Hash + std::fmt::Debug,
+    F: FnMut(Option<C>) -> Fut,
+    Fut: Future<Output = Result<Paged<T, C>>>,
+{
+    struct St<C> {
+        cursor: Option<C>,
+        seen: HashSet<u64>,
+        pages: u64,
+        done: bool,
+        what: String,
+    }
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut seen = HashSet::new();
+    if let Some(c) = &start {
+        seen.insert(hasher.hash_one(c));
+    }
+    let st = St {
+        cursor: start,
+        seen,
+        pages: 0,
+        done: false,
+        what: what.into(),
+    };
+    futures::stream::unfold(st, move |mut st| {
+        let fut = (!st.done).then(|| fetch(st.cursor.clone()));
+        let hasher = hasher.clone();
+        async move {
+            let page = match fut?.await {
+                Ok(page) => page,
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+            };
+            st.pages += 1;
+            match &page.next {
+                None => st.done = true,
+                Some(next) => {
+                    if !st.seen.insert(hasher.hash_one(next)) {
+                        st.done = true;
+                        let err = Error::CursorRepeated {
+                            provider,
+                            what: std::mem::take(&mut st.what),
+                            cursor: format!("{next:?}"),
+                            pages: st.pages - 1,
+                        };
+                        return Some((Err(err), st));
+                    }
+                    st.cursor = Some(next.clone());
+                }
+            }
+            Some((Ok(page), st))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn walks_until_no_next_and_resumes_from_start() {
+        let pages: Vec<_> = paginate("test", "numbers", Some(2u32), |c| async move {
+            let c = c.unwrap_or(0);
+            Ok(Paged::new(vec![c], (c < 4).then_some(c + 1)))
+        })
+        .collect()
+        .await;
+        let items: Vec<u32> = pages
+            .into_iter()
+            .flat_map(|p| p.expect("page").items)
+            .collect();
+        assert_eq!(items, vec![2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_cursor_is_an_error_not_a_loop() {
+        let results: Vec<_> = paginate("test", "loop", None, |c: Option<u32>| async move {
+            // 0 -> 1 -> 2 -> 1 ...
+            let next = match c.unwrap_or(0) {
+                0 => 1,
+                1 => 2,
+                _ => 1,
+            };
+            Ok(Paged::new(vec![c.unwrap_or(0)], Some(next)))
+        })
+        .collect()
+        .await;
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[1].is_ok());
+        match &results[2] {
+            Err(Error::CursorRepeated { pages, cursor, .. }) => {
+                assert_eq!(*pages, 2);
+                assert_eq!(cursor, "1");
+            }
+            other => panic!("expected CursorRepeated, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_after_the_first_error() {
+        let mut calls = 0;
+        let results: Vec<_> = paginate("test", "failing", None, |_c: Option<u32>| {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n == 2 {
+                    Err(Error::Config("boom".into()))
+                } else {
+                    Ok(Paged::new(vec![n], Some(n)))
+                }
+            }
+        })
+        .collect()
+        .await;
+        assert_eq!(results.len(), 2);
+        assert!(results[1].is_err());
+    }
+}

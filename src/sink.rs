@@ -1,0 +1,98 @@
+//! The `Sink` trait: where records land, with the sync state committed
+//! together with the data it covers.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::schema::StreamSchema;
+use crate::source::{Record, StreamState};
+use crate::Result;
+
+/// The sync's position in one stream of one tenant, as committed in a sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Checkpoint {
+    /// The tenant (connected account) id.
+    pub tenant: String,
+    /// The stream.
+    pub stream: String,
+    /// The sync run this checkpoint belongs to (kept across a resume).
+    pub sync_id: Uuid,
+    /// The source's state: where to continue.
+    pub state: StreamState,
+    /// True when the sync of this stream finished.
+    pub complete: bool,
+    /// Records committed by this sync run so far.
+    pub records: u64,
+    /// When this sync run started.
+    pub started_at: DateTime<Utc>,
+    /// When this checkpoint was committed.
+    pub committed_at: DateTime<Utc>,
+}
+
+/// What a sink is told before a stream's records arrive.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StreamContext {
+    /// The tenant.
+    pub tenant: String,
+    /// The stream's schema.
+    pub schema: StreamSchema,
+    /// This sync run's id.
+    pub sync_id: Uuid,
+    /// The unfinished checkpoint this run resumes from, if any. A sink that
+    /// keeps data beyond its last commit (an append-only file) discards that
+    /// tail here.
+    pub resume: Option<Checkpoint>,
+}
+
+/// Records of one page on their way to a sink.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Batch {
+    /// The tenant.
+    pub tenant: String,
+    /// The stream.
+    pub stream: String,
+    /// This sync run's id.
+    pub sync_id: Uuid,
+    /// When these records were read from the provider.
+    pub extracted_at: DateTime<Utc>,
+    /// The records.
+    pub records: Vec<Record>,
+}
+
+/// A destination for records.
+///
+/// The engine calls, per tenant and stream: [`Sink::load_state`], then
+/// [`Sink::prepare`], then [`Sink::write`] for each page and
+/// [`Sink::commit`] every few pages and at the end.
+///
+/// The contract that makes syncs resumable without loss or duplicates:
+/// - `write` hands records over; a sink may buffer them.
+/// - `commit` makes every record written before it durable *together with*
+///   the checkpoint (or, where that cannot be atomic, data first and the
+///   checkpoint after it). After `commit` returns, `load_state` returns it.
+/// - Writing the same records again (after a crash between write and commit)
+///   never duplicates them: sinks upsert by key, or drop the uncommitted tail
+///   in `prepare`.
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// The sink's name (`files`, `postgres`, …).
+    fn name(&self) -> &'static str;
+
+    /// Creates or evolves the stream's table or layout, and recovers from an
+    /// interrupted run.
+    async fn prepare(&self, ctx: &StreamContext) -> Result<()>;
+
+    /// Takes a page of records.
+    async fn write(&self, batch: Batch) -> Result<()>;
+
+    /// Makes the records written so far and `checkpoint` durable.
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// The last committed checkpoint of a tenant's stream.
+    async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>>;
+}

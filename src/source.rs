@@ -1,0 +1,134 @@
+//! The `Source` trait: what the sync engine needs from a provider.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::http::RequestStats;
+use crate::schema::{Catalog, StreamSchema};
+use crate::Result;
+
+/// One record of a stream: its key, its fields, and whether the provider
+/// reports it deleted (archived).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Record {
+    /// The record's primary key within its tenant and stream.
+    pub id: String,
+    /// The fields, typed by the stream's schema.
+    pub data: Map<String, Value>,
+    /// True when the provider reports the record deleted or archived.
+    pub deleted: bool,
+}
+
+impl Record {
+    /// A live record.
+    pub fn new(id: impl Into<String>, data: Map<String, Value>) -> Self {
+        Record {
+            id: id.into(),
+            data,
+            deleted: false,
+        }
+    }
+
+    /// Marks the record deleted (archived at the provider).
+    pub fn deleted(mut self, deleted: bool) -> Self {
+        self.deleted = deleted;
+        self
+    }
+}
+
+/// A source's position in a stream, opaque to the engine and the sinks.
+///
+/// It is whatever the source needs to continue after the page it came with
+/// (`HubSpot`: phase and `after` cursor; Mailchimp: offset and cutoff).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamState(pub Value);
+
+impl StreamState {
+    /// Wraps a JSON value.
+    pub fn new(value: Value) -> Self {
+        StreamState(value)
+    }
+}
+
+/// One page of a stream: its records and the state that is valid once they
+/// are stored.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Page {
+    /// The records.
+    pub records: Vec<Record>,
+    /// Where to resume after these records.
+    pub checkpoint: StreamState,
+}
+
+impl Page {
+    /// A page.
+    pub fn new(records: Vec<Record>, checkpoint: StreamState) -> Self {
+        Page {
+            records,
+            checkpoint,
+        }
+    }
+}
+
+/// What a source learned about the connected account in [`Source::check`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AccountInfo {
+    /// Provider name (`hubspot`).
+    pub provider: String,
+    /// The account's id at the provider (`HubSpot`: hub id / portal id).
+    pub account_id: String,
+    /// The account's domain or name (`HubSpot`: hub domain).
+    pub name: Option<String>,
+    /// The user who connected it, if known (OAuth).
+    pub user: Option<String>,
+    /// Granted scopes (OAuth).
+    pub scopes: Vec<String>,
+    /// Everything else the provider said.
+    pub details: Map<String, Value>,
+}
+
+/// A provider, seen by the sync engine: it names and describes its streams
+/// and reads them as a stream of pages.
+///
+/// Implementations sit on a typed client (e.g. [`crate::hubspot::HubSpot`]); the
+/// trait is dyn-compatible so the engine can hold any source.
+#[async_trait]
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// The provider's name, lower case (`hubspot`).
+    fn provider(&self) -> &'static str;
+
+    /// Checks the credentials and returns who is connected.
+    async fn check(&self) -> Result<AccountInfo>;
+
+    /// The streams this source offers by default, with their schemas.
+    async fn discover(&self) -> Result<Catalog>;
+
+    /// The schema of one stream by name, including streams that
+    /// [`Source::discover`] does not list by default (`HubSpot`: any CRM object
+    /// type). The default looks the name up in `discover()`.
+    async fn schema(&self, stream: &str) -> Result<StreamSchema> {
+        let catalog = self.discover().await?;
+        catalog
+            .stream(stream)
+            .cloned()
+            .ok_or_else(|| crate::Error::Config(format!("unknown stream `{stream}`")))
+    }
+
+    /// Reads a stream from `state` (or from the start), page by page. Nothing
+    /// is requested until the stream is polled; the stream ends after the
+    /// first error.
+    fn read<'a>(
+        &'a self,
+        stream: &'a StreamSchema,
+        state: Option<StreamState>,
+    ) -> BoxStream<'a, Result<Page>>;
+
+    /// Requests, retries and rate-limit waits so far (monotonic counters).
+    fn request_stats(&self) -> RequestStats;
+}
