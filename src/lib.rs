@@ -8,7 +8,11 @@ pub mod paginate;
 pub mod schema;
 pub mod sink;
 pub mod source;
+mod sources;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+#[cfg(feature = "hubspot")]
+pub use sources::hubspot;
 
 pub use error::{ApiErrorBody, AuthErrorKind, Error, Result};

@@ -88,6 +88,21 @@ pub(crate) struct ApiRequest {
     pub url: Url,
     pub json: Option<Vec<u8>>,
     pub class: RequestClass,
+    /// The path as logged and put in errors (a path holding a token is not).
+    pub log_path: String,
+}
+
+impl ApiRequest {
+    pub(crate) fn new(method: Method, url: Url) -> Self {
+        let log_path = url.path().to_owned();
+        ApiRequest {
+            method,
+            url,
+            json: None,
+            class: RequestClass::Standard,
+            log_path,
+        }
+    }
 }
 
 /// A successful response: status, headers and body.
@@ -238,12 +253,7 @@ impl ApiClient {
         what: impl FnOnce() -> String,
     ) -> Result<T> {
         let resp = self
-            .send(ApiRequest {
-                method: Method::GET,
-                url,
-                json: None,
-                class: RequestClass::Standard,
-            })
+            .send(ApiRequest::new(Method::GET, url))
             .await?;
         Error::decode(self.inner.provider, what, &resp.body)
     }
@@ -260,10 +270,9 @@ impl ApiClient {
             .map_err(|e| Error::Config(format!("cannot encode request body: {e}")))?;
         let resp = self
             .send(ApiRequest {
-                method: Method::POST,
-                url,
                 json: Some(json),
                 class,
+                ..ApiRequest::new(Method::POST, url)
             })
             .await?;
         Error::decode(self.inner.provider, what, &resp.body)
@@ -278,7 +287,7 @@ impl ApiClient {
             "http",
             provider = inner.provider,
             method = %req.method,
-            path = req.url.path(),
+            path = %req.log_path,
         );
         async move {
             let mut retries = 0u32;
@@ -330,7 +339,7 @@ impl ApiClient {
                         }
                         return Err(Error::Transport {
                             provider: inner.provider,
-                            path: req.url.path().to_owned(),
+                            path: req.log_path.clone(),
                             message: error_chain(&e),
                             timeout,
                         });
@@ -400,7 +409,7 @@ impl ApiClient {
                     provider: inner.provider,
                     status: status.as_u16(),
                     method: req.method.to_string(),
-                    path: req.url.path().to_owned(),
+                    path: req.log_path.clone(),
                     body: parsed,
                 });
             }

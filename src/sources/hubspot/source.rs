@@ -1,0 +1,477 @@
+//! [`HubSpotSource`]: `HubSpot` as a [`Source`] for the sync engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{CrmObject, HubSpot, PropertyDefinition, PROVIDER};
+use crate::http::RequestStats;
+use crate::paginate::Paged;
+use crate::schema::{coerce, Catalog, Field, FieldType, StreamSchema};
+use crate::source::{AccountInfo, Page, Record, Source, StreamState};
+use crate::{Error, Result};
+
+/// The stream of CRM owners.
+pub const STREAM_OWNERS: &str = "owners";
+/// The stream of deal pipelines (with stages).
+pub const STREAM_DEAL_PIPELINES: &str = "deal_pipelines";
+/// The stream of ticket pipelines (with stages).
+pub const STREAM_TICKET_PIPELINES: &str = "ticket_pipelines";
+
+/// Fields every CRM object record has besides its properties.
+const SYSTEM_FIELDS: [&str; 5] = ["id", "createdAt", "updatedAt", "archived", "archivedAt"];
+
+/// `HubSpot` as a source: contacts, companies, deals, tickets, any other CRM
+/// object type by name (calls, meetings, emails, notes, tasks, custom
+/// objects), owners, and deal and ticket pipelines.
+///
+/// A CRM object stream reads every property by default (or an allow-list),
+/// live records first and then archived ones (marked deleted), so deletes
+/// reach the sink. Property values arrive as strings and are typed by the
+/// schema from the properties API: numbers, booleans, dates; blanks become
+/// null.
+#[derive(Debug, Clone)]
+pub struct HubSpotSource {
+    hs: HubSpot,
+    object_types: Vec<String>,
+    allow: HashMap<String, Vec<String>>,
+    include_archived: bool,
+}
+
+/// Where a CRM object or owners stream stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+enum Position {
+    Active { after: Option<String> },
+    Archived { after: Option<String> },
+    Done,
+}
+
+impl Position {
+    fn from_state(state: Option<StreamState>) -> Result<Self> {
+        match state {
+            None => Ok(Position::Active { after: None }),
+            Some(s) => serde_json::from_value(s.0)
+                .map_err(|e| Error::state("unreadable HubSpot stream state", e)),
+        }
+    }
+
+    fn to_state(&self) -> StreamState {
+        StreamState(serde_json::to_value(self).unwrap_or(Value::Null))
+    }
+}
+
+impl HubSpotSource {
+    /// A source on `hs`, offering contacts, companies, deals and tickets
+    /// (plus owners and pipelines) in `discover()`.
+    pub fn new(hs: HubSpot) -> Self {
+        HubSpotSource {
+            hs,
+            object_types: ["contacts", "companies", "deals", "tickets"].map(String::from).to_vec(),
+            allow: HashMap::new(),
+            include_archived: true,
+        }
+    }
+
+    /// Adds CRM object types to `discover()` (`calls`, `notes`, `p_widgets`).
+    /// Any type can be read by name without this.
+    pub fn with_object_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+        for t in types {
+            let t = t.into();
+            if !self.object_types.contains(&t) {
+                self.object_types.push(t);
+            }
+        }
+        self
+    }
+
+    /// Reads only these properties of `stream` (default: all).
+    pub fn with_properties<I: IntoIterator<Item = S>, S: Into<String>>(mut self, stream: &str, props: I) -> Self {
+        self.allow
+            .insert(stream.to_owned(), props.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether archived records are read (and marked deleted). Default true.
+    pub fn with_archived(mut self, include: bool) -> Self {
+        self.include_archived = include;
+        self
+    }
+
+    /// The client underneath.
+    pub fn client(&self) -> &HubSpot {
+        &self.hs
+    }
+
+    async fn object_schema(&self, object_type: &str) -> Result<StreamSchema> {
+        let props = self.hs.properties(object_type).await?;
+        let allow = self.allow.get(object_type);
+        let mut fields = vec![
+            Field::new("id", FieldType::String).with_description("Record id"),
+            Field::new("createdAt", FieldType::Timestamp),
+            Field::new("updatedAt", FieldType::Timestamp),
+            Field::new("archived", FieldType::Boolean),
+            Field::new("archivedAt", FieldType::Timestamp),
+        ];
+        let mut props: Vec<PropertyDefinition> = props
+            .into_iter()
+            .filter(|p| !p.archived)
+            .filter(|p| allow.is_none_or(|a| a.contains(&p.name)))
+            .collect();
+        props.sort_by(|a, b| a.name.cmp(&b.name));
+        for p in props {
+            let name = record_field_name(&p.name);
+            fields.push(
+                Field::new(name, property_field_type(&p.property_type, &p.field_type))
+                    .with_description(p.label)
+                    .with_source_type(p.property_type),
+            );
+        }
+        Ok(StreamSchema::new(object_type, "id", fields).with_cursor_field("updatedAt"))
+    }
+
+    fn read_objects<'a>(&'a self, schema: &'a StreamSchema, state: Option<StreamState>) -> BoxStream<'a, Result<Page>> {
+        let pos = match Position::from_state(state) {
+            Ok(p) => p,
+            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+        };
+        // Properties to request: the schema's fields less the system ones.
+        let props: Vec<String> = schema
+            .fields
+            .iter()
+            .filter(|f| f.source_type.is_some())
+            .map(|f| source_property_name(&f.name).to_owned())
+            .collect();
+        let types: Arc<HashMap<String, FieldType>> = Arc::new(
+            schema
+                .fields
+                .iter()
+                .filter(|f| f.source_type.is_some())
+                .map(|f| (source_property_name(&f.name).to_owned(), f.field_type))
+                .collect(),
+        );
+        let include_archived = self.include_archived;
+        let object_type = schema.name.clone();
+        let phases = phases(&pos, include_archived);
+        let hs = self.hs.clone();
+        let pages = futures::stream::iter(phases)
+            .map(move |(archived, start)| {
+                let types = types.clone();
+                let list = hs
+                    .objects(object_type.clone())
+                    .list()
+                    .properties(props.clone())
+                    .archived(archived)
+                    .after(start)
+                    .pages();
+                list.map(move |r| {
+                    r.map(|p| {
+                        let next = next_position(archived, p.next.clone(), include_archived);
+                        let records = p.items.into_iter().map(|o| object_record(o, &types)).collect();
+                        Page::new(records, next.to_state())
+                    })
+                })
+            })
+            .flatten();
+        stop_after_error(pages).boxed()
+    }
+
+    fn read_owners(&self, state: Option<StreamState>) -> BoxStream<'_, Result<Page>> {
+        let pos = match Position::from_state(state) {
+            Ok(p) => p,
+            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+        };
+        let include_archived = self.include_archived;
+        let hs = self.hs.clone();
+        let pages = futures::stream::iter(phases(&pos, include_archived))
+            .map(move |(archived, start)| {
+                hs.owner_pages(archived, start).map(move |r: Result<Paged<Value, String>>| {
+                    r.map(|p| {
+                        let next = next_position(archived, p.next.clone(), include_archived);
+                        let records = p.items.into_iter().filter_map(|v| json_record(v, archived)).collect();
+                        Page::new(records, next.to_state())
+                    })
+                })
+            })
+            .flatten();
+        stop_after_error(pages).boxed()
+    }
+
+    /// Pipelines are one small, unpaged answer: always read in full.
+    fn read_pipelines(&self, object_type: &'static str) -> BoxStream<'_, Result<Page>> {
+        let hs = self.hs.clone();
+        futures::stream::once(async move {
+            let pipelines = hs.pipelines_raw(object_type).await?;
+            let records = pipelines
+                .into_iter()
+                .filter_map(|(p, v)| json_record(v, p.archived))
+                .collect();
+            Ok(Page::new(records, Position::Done.to_state()))
+        })
+        .boxed()
+    }
+}
+
+/// The (archived?, start cursor) phases still to read from `pos`.
+fn phases(pos: &Position, include_archived: bool) -> Vec<(bool, Option<String>)> {
+    match pos {
+        Position::Active { after } => {
+            let mut v = vec![(false, after.clone())];
+            if include_archived {
+                v.push((true, None));
+            }
+            v
+        }
+        Position::Archived { after } => vec![(true, after.clone())],
+        Position::Done => Vec::new(),
+    }
+}
+
+/// The position after a page of phase `archived` whose next cursor is `next`.
+fn next_position(archived: bool, next: Option<String>, include_archived: bool) -> Position {
+    match (archived, next) {
+        (false, Some(after)) => Position::Active { after: Some(after) },
+        (false, None) if include_archived => Position::Archived { after: None },
+        (true, Some(after)) => Position::Archived { after: Some(after) },
+        _ => Position::Done,
+    }
+}
+
+/// Ends a stream after its first error.
+fn stop_after_error<S, T>(s: S) -> impl Stream<Item = Result<T>>
+where
+    S: Stream<Item = Result<T>>,
+{
+    s.scan(false, |failed, item| {
+        let out = if *failed {
+            None
+        } else {
+            *failed = item.is_err();
+            Some(item)
+        };
+        futures::future::ready(out)
+    })
+}
+
+/// The record field name of a property: its own name, unless it collides with
+/// a system field (`id`, `archived`), then `property_{name}`.
+fn record_field_name(prop: &str) -> String {
+    if SYSTEM_FIELDS.contains(&prop) {
+        format!("property_{prop}")
+    } else {
+        prop.to_owned()
+    }
+}
+
+fn source_property_name(field: &str) -> &str {
+    match field.strip_prefix("property_") {
+        Some(p) if SYSTEM_FIELDS.contains(&p) => p,
+        _ => field,
+    }
+}
+
+/// Maps a `HubSpot` property type (and UI field type) to a field type.
+///
+/// | `type` | `fieldType` | field type |
+/// |---|---|---|
+/// | `string`, `phone_number`, `enumeration` | any but `booleancheckbox` | String |
+/// | `enumeration` | `booleancheckbox` | Boolean |
+/// | `number` | any | Number |
+/// | `bool` | any | Boolean |
+/// | `date` | any | Date |
+/// | `datetime` | any | Timestamp |
+/// | `json`, `object_coordinates` | any | Json / String |
+/// | anything else | | String |
+pub fn property_field_type(property_type: &str, field_type: &str) -> FieldType {
+    match property_type {
+        "number" => FieldType::Number,
+        "bool" | "boolean" => FieldType::Boolean,
+        "enumeration" if field_type == "booleancheckbox" => FieldType::Boolean,
+        "date" => FieldType::Date,
+        "datetime" => FieldType::Timestamp,
+        "json" => FieldType::Json,
+        _ => FieldType::String,
+    }
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Value {
+    t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// A CRM object as a record: typed properties plus the system fields.
+fn object_record(o: CrmObject, types: &HashMap<String, FieldType>) -> Record {
+    let CrmObject {
+        id,
+        properties,
+        created_at,
+        updated_at,
+        archived,
+        archived_at,
+    } = o;
+    let mut data = Map::new();
+    for (k, v) in properties {
+        let v = match types.get(&k) {
+            Some(t) => coerce(v, *t),
+            None => v,
+        };
+        if SYSTEM_FIELDS.contains(&k.as_str()) {
+            data.insert(record_field_name(&k), v);
+        } else {
+            data.insert(k, v);
+        }
+    }
+    data.insert("id".into(), Value::String(id.clone()));
+    data.insert("createdAt".into(), ts(created_at));
+    data.insert("updatedAt".into(), ts(updated_at));
+    data.insert("archived".into(), Value::Bool(archived));
+    data.insert("archivedAt".into(), ts(archived_at));
+    Record::new(id, data).deleted(archived)
+}
+
+/// A JSON object with an `id` as a record; a value without one is dropped.
+fn json_record(v: Value, deleted: bool) -> Option<Record> {
+    let Value::Object(map) = v else { return None };
+    let id = match map.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return None,
+    };
+    Some(Record::new(id, map).deleted(deleted))
+}
+
+fn owners_schema() -> StreamSchema {
+    StreamSchema::new(
+        STREAM_OWNERS,
+        "id",
+        vec![
+            Field::new("id", FieldType::String),
+            Field::new("email", FieldType::String),
+            Field::new("firstName", FieldType::String),
+            Field::new("lastName", FieldType::String),
+            Field::new("userId", FieldType::Integer),
+            Field::new("type", FieldType::String),
+            Field::new("createdAt", FieldType::Timestamp),
+            Field::new("updatedAt", FieldType::Timestamp),
+            Field::new("archived", FieldType::Boolean),
+            Field::new("teams", FieldType::Json),
+        ],
+    )
+    .with_cursor_field("updatedAt")
+}
+
+fn pipelines_schema(name: &str) -> StreamSchema {
+    StreamSchema::new(
+        name,
+        "id",
+        vec![
+            Field::new("id", FieldType::String),
+            Field::new("label", FieldType::String),
+            Field::new("displayOrder", FieldType::Integer),
+            Field::new("createdAt", FieldType::Timestamp),
+            Field::new("updatedAt", FieldType::Timestamp),
+            Field::new("archived", FieldType::Boolean),
+            Field::new("stages", FieldType::Json),
+        ],
+    )
+}
+
+#[async_trait]
+impl Source for HubSpotSource {
+    fn provider(&self) -> &'static str {
+        PROVIDER
+    }
+
+    async fn check(&self) -> Result<AccountInfo> {
+        self.hs.account().await
+    }
+
+    async fn discover(&self) -> Result<Catalog> {
+        let mut streams = Vec::new();
+        for t in &self.object_types {
+            streams.push(self.object_schema(t).await?);
+        }
+        streams.push(owners_schema());
+        streams.push(pipelines_schema(STREAM_DEAL_PIPELINES));
+        streams.push(pipelines_schema(STREAM_TICKET_PIPELINES));
+        Ok(Catalog::new(streams))
+    }
+
+    async fn schema(&self, stream: &str) -> Result<StreamSchema> {
+        match stream {
+            STREAM_OWNERS => Ok(owners_schema()),
+            STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES => Ok(pipelines_schema(stream)),
+            t if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+                self.object_schema(t).await
+            }
+            other => Err(Error::Config(format!("`{other}` is not a HubSpot stream or object type"))),
+        }
+    }
+
+    fn read<'a>(&'a self, stream: &'a StreamSchema, state: Option<StreamState>) -> BoxStream<'a, Result<Page>> {
+        match stream.name.as_str() {
+            STREAM_OWNERS => self.read_owners(state),
+            STREAM_DEAL_PIPELINES => self.read_pipelines("deals"),
+            STREAM_TICKET_PIPELINES => self.read_pipelines("tickets"),
+            _ => self.read_objects(stream, state),
+        }
+    }
+
+    fn request_stats(&self) -> RequestStats {
+        self.hs.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn property_types_map_to_field_types() {
+        let cases = [
+            ("string", "text", FieldType::String),
+            ("string", "textarea", FieldType::String),
+            ("number", "number", FieldType::Number),
+            ("number", "calculation_equation", FieldType::Number),
+            ("date", "date", FieldType::Date),
+            ("datetime", "date", FieldType::Timestamp),
+            ("enumeration", "select", FieldType::String),
+            ("enumeration", "checkbox", FieldType::String),
+            ("enumeration", "booleancheckbox", FieldType::Boolean),
+            ("bool", "booleancheckbox", FieldType::Boolean),
+            ("phone_number", "phonenumber", FieldType::String),
+            ("json", "text", FieldType::Json),
+            ("object_coordinates", "text", FieldType::String),
+            ("something_new", "x", FieldType::String),
+        ];
+        for (t, f, want) in cases {
+            assert_eq!(property_field_type(t, f), want, "{t}/{f}");
+        }
+    }
+
+    #[test]
+    fn positions_walk_active_then_archived_then_done() {
+        assert_eq!(next_position(false, Some("5".into()), true), Position::Active { after: Some("5".into()) });
+        assert_eq!(next_position(false, None, true), Position::Archived { after: None });
+        assert_eq!(next_position(false, None, false), Position::Done);
+        assert_eq!(next_position(true, None, true), Position::Done);
+        let p = Position::Archived { after: Some("9".into()) };
+        assert_eq!(Position::from_state(Some(p.to_state())).expect("state"), p);
+        assert_eq!(phases(&p, true), vec![(true, Some("9".into()))]);
+        assert!(Position::from_state(Some(StreamState(serde_json::json!({"phase": "nope"})))).is_err());
+    }
+
+    #[test]
+    fn colliding_property_names_are_renamed_and_found_again() {
+        assert_eq!(record_field_name("id"), "property_id");
+        assert_eq!(source_property_name("property_id"), "id");
+        assert_eq!(record_field_name("email"), "email");
+        assert_eq!(source_property_name("property_other"), "property_other");
+    }
+}

@@ -1,0 +1,4 @@
+//! Provider implementations.
+
+#[cfg(feature = "hubspot")]
+pub mod hubspot;
