@@ -3,11 +3,14 @@
 
 pub mod auth;
 mod error;
+mod fsutil;
 pub mod http;
 pub mod paginate;
 pub mod schema;
 pub mod sink;
+pub mod sinks;
 pub mod source;
+pub mod sync;
 mod sources;
 #[cfg(feature = "testkit")]
 pub mod testkit;

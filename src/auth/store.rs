@@ -1,8 +1,7 @@
 //! Where tokens are kept: in memory, or in encrypted files.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -13,6 +12,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretBox};
 
 use super::{StoredTokens, TokenSet};
+use crate::fsutil::write_atomically;
 use crate::{Error, Result};
 
 /// Keeps the tokens of connected accounts, by key (e.g. `hubspot/acme`).
@@ -189,25 +189,6 @@ impl EncryptedFileTokenStore {
             serde_json::from_slice(&plain).map_err(|e| Error::state(format!("token file for `{key}` is corrupt"), e))?;
         Ok(TokenSet::from_stored(stored))
     }
-}
-
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-/// `fsync` of a directory, so a rename in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[async_trait]

@@ -1,0 +1,293 @@
+//! The embedded default sink: JSON Lines files per tenant and stream.
+//!
+//! Layout under the root directory:
+//! ```text
+//! {root}/{tenant}/{stream}.jsonl          the last complete sync of the stream
+//! {root}/{tenant}/{stream}.jsonl.partial  the sync in progress
+//! {root}/{tenant}/{stream}.state.json     the committed checkpoint and the
+//!                                          length of .partial it covers
+//! ```
+//! Each line is one record: `_tenant_id`, `_sync_id`, `_extracted_at`,
+//! `_deleted`, then the record's fields. Query with `jq`, DuckDB
+//! (`read_json_auto('data/acme/contacts.jsonl')`) or anything that reads
+//! JSON Lines.
+//!
+//! How it stays exact across crashes: records are appended to `.partial`;
+//! a commit flushes and `fsync`s it, then atomically replaces the state file
+//! with the checkpoint and the file length. A resumed sync truncates
+//! `.partial` to that length (dropping records written after the last
+//! commit, which the source reads again from the checkpoint). When the
+//! stream completes, the state is committed as complete and `.partial` is
+//! renamed over `.jsonl`; an interrupted rename is finished by the next
+//! `prepare`. A finished snapshot is only ever replaced by a newer complete
+//! one, so readers never see a half-written stream.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::SecondsFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{sync_dir, write_atomically};
+use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::{Error, Result};
+
+const NAME: &str = "files";
+
+/// JSON Lines files under a directory. See the module docs.
+#[derive(Debug)]
+pub struct FilesSink {
+    root: PathBuf,
+    open: Mutex<HashMap<(String, String), OpenStream>>,
+}
+
+#[derive(Debug)]
+struct OpenStream {
+    writer: BufWriter<File>,
+    len: u64,
+    paths: Paths,
+}
+
+#[derive(Debug, Clone)]
+struct Paths {
+    dir: PathBuf,
+    data: PathBuf,
+    partial: PathBuf,
+    state: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    checkpoint: Checkpoint,
+    partial_len: u64,
+}
+
+/// A file-system-safe name: ASCII letters, digits, `-`, `_` and `.` kept,
+/// everything else percent-encoded; never `.` or `..`.
+pub fn safe_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::sink(NAME, what, e)
+}
+
+impl FilesSink {
+    /// A sink writing under `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(io_err(format!("cannot create {}", root.display())))?;
+        Ok(FilesSink {
+            root,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file holding the last complete sync of a tenant's stream.
+    pub fn data_path(&self, tenant: &str, stream: &str) -> PathBuf {
+        self.paths(tenant, stream).data
+    }
+
+    fn paths(&self, tenant: &str, stream: &str) -> Paths {
+        let dir = self.root.join(safe_name(tenant));
+        let s = safe_name(stream);
+        Paths {
+            data: dir.join(format!("{s}.jsonl")),
+            partial: dir.join(format!("{s}.jsonl.partial")),
+            state: dir.join(format!("{s}.state.json")),
+            dir,
+        }
+    }
+
+    fn read_state(paths: &Paths) -> Result<Option<StateFile>> {
+        match std::fs::read(&paths.state) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::state(format!("unreadable state file {}", paths.state.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::state(format!("cannot read {}", paths.state.display()), e)),
+        }
+    }
+
+    fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), OpenStream>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Finishes a completed stream: `.partial` becomes `.jsonl`.
+fn publish(paths: &Paths) -> Result<()> {
+    std::fs::rename(&paths.partial, &paths.data).map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
+    sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))
+}
+
+fn write_state(paths: &Paths, state: &StateFile) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::state("cannot encode state", e))?;
+    write_atomically(&paths.dir, &paths.state, &bytes).map_err(io_err(format!("cannot write {}", paths.state.display())))
+}
+
+const META_KEYS: [&str; 4] = ["_tenant_id", "_sync_id", "_extracted_at", "_deleted"];
+
+#[async_trait]
+impl Sink for FilesSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
+        let paths = self.paths(&ctx.tenant, &ctx.schema.name);
+        std::fs::create_dir_all(&paths.dir).map_err(io_err(format!("cannot create {}", paths.dir.display())))?;
+        let state = Self::read_state(&paths)?;
+        if let Some(s) = &state {
+            if s.checkpoint.complete && paths.partial.exists() {
+                // The last run committed completion but stopped before the rename.
+                publish(&paths)?;
+            }
+        }
+        let resumable = match (&ctx.resume, &state) {
+            (Some(cp), Some(s)) => !s.checkpoint.complete && s.checkpoint.sync_id == cp.sync_id,
+            _ => false,
+        };
+        let (file, len) = if resumable {
+            let committed = state.as_ref().map(|s| s.partial_len).unwrap_or(0);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&paths.partial)
+                .map_err(io_err(format!("cannot open {}", paths.partial.display())))?;
+            let actual = file.metadata().map_err(io_err("cannot stat partial file"))?.len();
+            if actual < committed {
+                return Err(Error::State {
+                    message: format!(
+                        "{} holds {actual} bytes but {committed} were committed: data was lost outside headwater",
+                        paths.partial.display()
+                    ),
+                    source: None,
+                });
+            }
+            // Drop what was written after the last commit: it is read again.
+            file.set_len(committed).map_err(io_err("cannot truncate partial file"))?;
+            (file, committed)
+        } else {
+            let file = File::create(&paths.partial).map_err(io_err(format!("cannot create {}", paths.partial.display())))?;
+            (file, 0)
+        };
+        let mut file = file;
+        file.seek(std::io::SeekFrom::End(0)).map_err(io_err("cannot seek partial file"))?;
+        self.open_map().insert(
+            (ctx.tenant.clone(), ctx.schema.name.clone()),
+            OpenStream {
+                writer: BufWriter::with_capacity(256 * 1024, file),
+                len,
+                paths,
+            },
+        );
+        Ok(())
+    }
+
+    async fn write(&self, batch: Batch) -> Result<()> {
+        let mut map = self.open_map();
+        let open = map
+            .get_mut(&(batch.tenant.clone(), batch.stream.clone()))
+            .ok_or_else(|| Error::Sink {
+                sink: NAME,
+                message: format!("write to `{}` before prepare", batch.stream),
+                source: None,
+            })?;
+        // The metadata is the same for the whole batch: encode it once.
+        let mut prefix = Vec::with_capacity(160);
+        prefix.extend_from_slice(b"{\"_tenant_id\":");
+        serde_json::to_writer(&mut prefix, &batch.tenant).map_err(|e| Error::sink(NAME, "encode", e))?;
+        prefix.extend_from_slice(format!(",\"_sync_id\":\"{}\",\"_extracted_at\":\"{}\",\"_deleted\":",
+            batch.sync_id,
+            batch.extracted_at.to_rfc3339_opts(SecondsFormat::Micros, true)).as_bytes());
+        let mut line = Vec::with_capacity(4096);
+        for record in &batch.records {
+            line.clear();
+            line.extend_from_slice(&prefix);
+            line.extend_from_slice(if record.deleted { b"true" } else { b"false" });
+            for (k, v) in &record.data {
+                if k.starts_with('_') && META_KEYS.contains(&k.as_str()) {
+                    continue;
+                }
+                line.push(b',');
+                serde_json::to_writer(&mut line, k).map_err(|e| Error::sink(NAME, "encode", e))?;
+                line.push(b':');
+                serde_json::to_writer(&mut line, v).map_err(|e| Error::sink(NAME, "encode", e))?;
+            }
+            line.extend_from_slice(b"}\n");
+            open.writer
+                .write_all(&line)
+                .map_err(io_err(format!("cannot write {}", open.paths.partial.display())))?;
+            open.len += line.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
+        let mut map = self.open_map();
+        let open = map.get_mut(&key).ok_or_else(|| Error::Sink {
+            sink: NAME,
+            message: format!("commit of `{}` before prepare", checkpoint.stream),
+            source: None,
+        })?;
+        open.writer.flush().map_err(io_err("cannot flush partial file"))?;
+        open.writer
+            .get_ref()
+            .sync_data()
+            .map_err(io_err("cannot sync partial file"))?;
+        write_state(
+            &open.paths,
+            &StateFile {
+                checkpoint: checkpoint.clone(),
+                partial_len: open.len,
+            },
+        )?;
+        if checkpoint.complete {
+            if let Some(open) = map.remove(&key) {
+                drop(open.writer);
+                publish(&open.paths)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
+        Ok(Self::read_state(&self.paths(tenant, stream))?.map(|s| s.checkpoint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe() {
+        assert_eq!(safe_name("acme-1_x.y"), "acme-1_x.y");
+        assert_eq!(safe_name("../etc"), "%2E.%2Fetc");
+        assert_eq!(safe_name(".."), "%2E.");
+        assert_eq!(safe_name("a b/c"), "a%20b%2Fc");
+        assert_eq!(safe_name(""), "%00");
+        assert_eq!(safe_name("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,4 @@
+//! Sink implementations.
+
+#[cfg(feature = "files")]
+pub mod files;
