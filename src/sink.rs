@@ -48,6 +48,18 @@ pub struct StreamContext {
     pub resume: Option<Checkpoint>,
 }
 
+impl StreamContext {
+    /// A context (for sinks driven outside the engine: tests, benches).
+    pub fn new(tenant: impl Into<String>, schema: StreamSchema, sync_id: Uuid, resume: Option<Checkpoint>) -> Self {
+        StreamContext {
+            tenant: tenant.into(),
+            schema,
+            sync_id,
+            resume,
+        }
+    }
+}
+
 /// Records of one page on their way to a sink.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -62,6 +74,25 @@ pub struct Batch {
     pub extracted_at: DateTime<Utc>,
     /// The records.
     pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// A batch.
+    pub fn new(
+        tenant: impl Into<String>,
+        stream: impl Into<String>,
+        sync_id: Uuid,
+        extracted_at: DateTime<Utc>,
+        records: Vec<Record>,
+    ) -> Self {
+        Batch {
+            tenant: tenant.into(),
+            stream: stream.into(),
+            sync_id,
+            extracted_at,
+            records,
+        }
+    }
 }
 
 /// A destination for records.

@@ -47,7 +47,7 @@ pub use models::{
     AccessTokenInfo, AccountDetails, Company, Contact, CrmObject, Deal, Owner, Pipeline, PipelineStage,
     PropertyDefinition, Ticket,
 };
-pub use source::{HubSpotSource, STREAM_DEAL_PIPELINES, STREAM_OWNERS, STREAM_TICKET_PIPELINES};
+pub use source::{decode_list_page, property_field_type, HubSpotSource, STREAM_DEAL_PIPELINES, STREAM_OWNERS, STREAM_TICKET_PIPELINES};
 
 use crate::auth::{AccessTokenSource, StaticToken, TokenProvider};
 use crate::http::{default_http_client, ApiClient, ApiRequest, Limits, RateLimit, RequestClass, RequestStats, RetryConfig};

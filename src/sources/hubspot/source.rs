@@ -148,14 +148,7 @@ impl HubSpotSource {
             .filter(|f| f.source_type.is_some())
             .map(|f| source_property_name(&f.name).to_owned())
             .collect();
-        let types: Arc<HashMap<String, FieldType>> = Arc::new(
-            schema
-                .fields
-                .iter()
-                .filter(|f| f.source_type.is_some())
-                .map(|f| (source_property_name(&f.name).to_owned(), f.field_type))
-                .collect(),
-        );
+        let types = Arc::new(property_types(schema));
         let include_archived = self.include_archived;
         let object_type = schema.name.clone();
         let phases = phases(&pos, include_archived);
@@ -303,6 +296,29 @@ pub fn property_field_type(property_type: &str, field_type: &str) -> FieldType {
 fn ts(t: Option<DateTime<Utc>>) -> Value {
     t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
         .unwrap_or(Value::Null)
+}
+
+/// The field type of each requested property of an object schema.
+fn property_types(schema: &StreamSchema) -> HashMap<String, FieldType> {
+    schema
+        .fields
+        .iter()
+        .filter(|f| f.source_type.is_some())
+        .map(|f| (source_property_name(&f.name).to_owned(), f.field_type))
+        .collect()
+}
+
+/// Decodes one answer of `GET /crm/v3/objects/{type}` into records typed by
+/// `schema`, and the next cursor: the same steps [`HubSpotSource`] takes for
+/// every page (useful to replay stored answers, and measured in `benches/`).
+pub fn decode_list_page(body: &[u8], schema: &StreamSchema) -> Result<Paged<Record, String>> {
+    let page: super::ListPage<CrmObject> = Error::decode(PROVIDER, || format!("{} page", schema.name), body)?;
+    let types = property_types(schema);
+    let paged = page.into_paged();
+    Ok(Paged::new(
+        paged.items.into_iter().map(|o| object_record(o, &types)).collect(),
+        paged.next,
+    ))
 }
 
 /// A CRM object as a record: typed properties plus the system fields.
