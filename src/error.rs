@@ -50,7 +50,9 @@ impl ApiErrorBody {
             .or_else(|| s("error_message"))
             .or_else(|| s("detail"))
             .or_else(|| s("error_description"));
-        out.category = s("category").or_else(|| s("errorType")).or_else(|| s("status"));
+        out.category = s("category")
+            .or_else(|| s("errorType"))
+            .or_else(|| s("status"));
         out.correlation_id = s("correlationId");
         out.policy_name = s("policyName");
         out.error_key = s("error_key").or_else(|| s("error")).or_else(|| s("type"));
@@ -121,7 +123,7 @@ pub enum Error {
         /// True when a daily (not a short-window) quota is exhausted.
         daily: bool,
         /// The 429 body.
-        body: ApiErrorBody,
+        body: Box<ApiErrorBody>,
     },
     /// The provider answered with an error status.
     #[error("{provider}: {method} {path} answered {status}: {body}")]
@@ -135,7 +137,7 @@ pub enum Error {
         /// Request path (no query string, which may hold secrets).
         path: String,
         /// Parsed error body.
-        body: ApiErrorBody,
+        body: Box<ApiErrorBody>,
     },
     /// A response did not decode; `path` is the JSON path that failed.
     #[error("{provider}: cannot decode {what}: at `{path}`: {message}")]

@@ -10,8 +10,8 @@ pub mod schema;
 pub mod sink;
 pub mod sinks;
 pub mod source;
-pub mod sync;
 mod sources;
+pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -50,7 +50,12 @@ pub struct StreamContext {
 
 impl StreamContext {
     /// A context (for sinks driven outside the engine: tests, benches).
-    pub fn new(tenant: impl Into<String>, schema: StreamSchema, sync_id: Uuid, resume: Option<Checkpoint>) -> Self {
+    pub fn new(
+        tenant: impl Into<String>,
+        schema: StreamSchema,
+        sync_id: Uuid,
+        resume: Option<Checkpoint>,
+    ) -> Self {
         StreamContext {
             tenant: tenant.into(),
             schema,

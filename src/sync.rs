@@ -198,7 +198,10 @@ impl Sync {
     }
 
     /// Calls `f` with every progress event.
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + std::marker::Sync + 'static) -> Self {
+    pub fn on_progress(
+        mut self,
+        f: impl Fn(&Progress) + Send + std::marker::Sync + 'static,
+    ) -> Self {
         self.progress = Some(Arc::new(f));
         self
     }
@@ -211,7 +214,8 @@ impl Sync {
 
     /// Runs the sync. Never fails as a whole: errors are in the report.
     pub async fn run(&self) -> SyncReport {
-        let span = tracing::info_span!("sync", tenant = %self.tenant, provider = self.source.provider());
+        let span =
+            tracing::info_span!("sync", tenant = %self.tenant, provider = self.source.provider());
         self.run_all().instrument(span).await
     }
 
@@ -280,7 +284,12 @@ impl Sync {
         let previous = self.sink.load_state(tenant, stream).await?;
         let resume = previous.filter(|cp| !cp.complete);
         let (sync_id, started_at, state, base) = match &resume {
-            Some(cp) => (cp.sync_id, cp.started_at, Some(cp.state.clone()), cp.records),
+            Some(cp) => (
+                cp.sync_id,
+                cp.started_at,
+                Some(cp.state.clone()),
+                cp.records,
+            ),
             None => (Uuid::new_v4(), Utc::now(), None, 0),
         };
         report.sync_id = Some(sync_id);
@@ -303,7 +312,7 @@ impl Sync {
         // Reader and writer run together, joined by a bounded channel: the
         // network fetches ahead while the sink writes; backpressure is the
         // channel being full.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(DateTime<Utc>, Result<Page>)>(self.read_ahead);
+        let (tx, rx) = tokio::sync::mpsc::channel::<(DateTime<Utc>, Result<Page>)>(self.read_ahead);
         let reader = async {
             let mut pages = self.source.read(&schema, state);
             while let Some(page) = pages.next().await {
@@ -315,6 +324,9 @@ impl Sync {
             drop(tx);
         };
         let writer = async {
+            // Owned here, so a failing writer closes the channel and the
+            // reader stops instead of waiting on a full channel.
+            let mut rx = rx;
             let mut since_commit = 0usize;
             let mut last_state: Option<StreamState> = None;
             while let Some((extracted_at, page)) = rx.recv().await {
@@ -341,7 +353,9 @@ impl Sync {
                 since_commit += 1;
                 if since_commit >= self.checkpoint_every {
                     since_commit = 0;
-                    let state = last_state.clone().unwrap_or(StreamState(serde_json::Value::Null));
+                    let state = last_state
+                        .clone()
+                        .unwrap_or(StreamState(serde_json::Value::Null));
                     let cp = StreamCheckpoint {
                         sync_id,
                         started_at,

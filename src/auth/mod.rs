@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-pub use oauth::{AuthorizationRequest, Callback, ClientAuth, OAuthClient, OAuthConfig, PendingAuthorization};
+pub use oauth::{
+    AuthorizationRequest, Callback, ClientAuth, OAuthClient, OAuthConfig, PendingAuthorization,
+};
 pub use store::{EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, TokenStore};
 
 use crate::error::AuthErrorKind;
@@ -132,8 +134,14 @@ impl TokenSet {
 
     pub(crate) fn to_stored(&self) -> StoredTokens {
         StoredTokens {
-            access_token: self.access_token.as_ref().map(|s| s.expose_secret().to_owned()),
-            refresh_token: self.refresh_token.as_ref().map(|s| s.expose_secret().to_owned()),
+            access_token: self
+                .access_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            refresh_token: self
+                .refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
             expires_at: self.expires_at,
             scopes: self.scopes.clone(),
         }
@@ -314,11 +322,15 @@ impl TokenProvider {
                 }
             }
         }
-        let refresh_token = self.read().refresh_token.clone().ok_or_else(|| Error::Auth {
-            provider: self.inner.oauth.provider(),
-            kind: AuthErrorKind::Reauthorize,
-            message: "the access token expired and there is no refresh token".into(),
-        })?;
+        let refresh_token = self
+            .read()
+            .refresh_token
+            .clone()
+            .ok_or_else(|| Error::Auth {
+                provider: self.inner.oauth.provider(),
+                kind: AuthErrorKind::Reauthorize,
+                message: "the access token expired and there is no refresh token".into(),
+            })?;
         let mut fresh = self.inner.oauth.refresh(&refresh_token).await?;
         if fresh.refresh_token.is_none() {
             fresh.refresh_token = Some(refresh_token);

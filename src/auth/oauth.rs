@@ -9,8 +9,8 @@ use chrono::Utc;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, TokenResponse, TokenUrl,
+    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,8 @@ use crate::error::{ApiErrorBody, AuthErrorKind};
 use crate::http::{error_chain, RetryConfig};
 use crate::{Error, Result};
 
-type Oauth2Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+type Oauth2Client =
+    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,10 @@ impl std::fmt::Debug for OAuthConfig {
         f.debug_struct("OAuthConfig")
             .field("provider", &self.provider)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("auth_url", &self.auth_url.as_str())
             .field("token_url", &self.token_url.as_str())
             .field("redirect_url", &self.redirect_url.as_ref().map(Url::as_str))
@@ -112,12 +116,22 @@ impl OAuthConfig {
             auth_url: Url::parse("https://app.hubspot.com/oauth/authorize").expect("static URL"),
             token_url: Url::parse("https://api.hubapi.com/oauth/v1/token").expect("static URL"),
             redirect_url: None,
-            scopes: ["oauth", "crm.objects.contacts.read", "crm.objects.companies.read", "crm.objects.deals.read"]
-                .map(String::from)
-                .to_vec(),
-            optional_scopes: ["tickets", "crm.objects.owners.read", "crm.schemas.custom.read", "crm.objects.custom.read"]
-                .map(String::from)
-                .to_vec(),
+            scopes: [
+                "oauth",
+                "crm.objects.contacts.read",
+                "crm.objects.companies.read",
+                "crm.objects.deals.read",
+            ]
+            .map(String::from)
+            .to_vec(),
+            optional_scopes: [
+                "tickets",
+                "crm.objects.owners.read",
+                "crm.schemas.custom.read",
+                "crm.objects.custom.read",
+            ]
+            .map(String::from)
+            .to_vec(),
             client_auth: ClientAuth::RequestBody,
             pkce: false,
         }
@@ -148,7 +162,10 @@ impl OAuthConfig {
     }
 
     /// Replaces the optional scopes.
-    pub fn with_optional_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+    pub fn with_optional_scopes<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        scopes: I,
+    ) -> Self {
         self.optional_scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
@@ -323,13 +340,20 @@ impl OAuthClient {
 
     /// Checks the callback against `pending` (the `state` must match, the
     /// provider must not report an error) and exchanges the code for tokens.
-    pub async fn exchange_code(&self, pending: &PendingAuthorization, callback: &Callback) -> Result<TokenSet> {
+    pub async fn exchange_code(
+        &self,
+        pending: &PendingAuthorization,
+        callback: &Callback,
+    ) -> Result<TokenSet> {
         let provider = self.config.provider;
         if let Some(err) = &callback.error {
             return Err(Error::Auth {
                 provider,
                 kind: AuthErrorKind::Denied,
-                message: format!("{err}: {}", callback.error_description.as_deref().unwrap_or("")),
+                message: format!(
+                    "{err}: {}",
+                    callback.error_description.as_deref().unwrap_or("")
+                ),
             });
         }
         let state_ok = callback
@@ -340,7 +364,8 @@ impl OAuthClient {
             return Err(Error::Auth {
                 provider,
                 kind: AuthErrorKind::StateMismatch,
-                message: "the callback's `state` does not match the authorization that was started".into(),
+                message: "the callback's `state` does not match the authorization that was started"
+                    .into(),
             });
         }
         let code = callback.code.clone().ok_or_else(|| Error::Auth {
@@ -375,7 +400,10 @@ impl OAuthClient {
         &self,
         result: std::result::Result<
             R,
-            RequestTokenError<TokenHttpError, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
+            RequestTokenError<
+                TokenHttpError,
+                oauth2::StandardErrorResponse<BasicErrorResponseType>,
+            >,
         >,
         status: &AtomicU16,
     ) -> Result<TokenSet> {
@@ -400,7 +428,9 @@ impl OAuthClient {
                 let message = format!(
                     "{}{}",
                     err.error(),
-                    err.error_description().map(|d| format!(": {d}")).unwrap_or_default()
+                    err.error_description()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
                 );
                 match err.error() {
                     BasicErrorResponseType::InvalidGrant
@@ -415,10 +445,10 @@ impl OAuthClient {
                         status,
                         method: "POST".into(),
                         path: self.config.token_url.path().to_owned(),
-                        body: ApiErrorBody {
+                        body: Box::new(ApiErrorBody {
                             message: Some(message),
                             ..Default::default()
-                        },
+                        }),
                     }),
                 }
             }
@@ -442,14 +472,14 @@ impl OAuthClient {
                         provider,
                         retry_after: None,
                         daily: false,
-                        body: parsed,
+                        body: Box::new(parsed),
                     }),
                     _ => Err(Error::Api {
                         provider,
                         status,
                         method: "POST".into(),
                         path: self.config.token_url.path().to_owned(),
-                        body: parsed,
+                        body: Box::new(parsed),
                     }),
                 }
             }
@@ -475,7 +505,11 @@ impl OAuthClient {
     ) -> impl Fn(
         oauth2::HttpRequest,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<oauth2::HttpResponse, TokenHttpError>> + Send>,
+        Box<
+            dyn std::future::Future<
+                    Output = std::result::Result<oauth2::HttpResponse, TokenHttpError>,
+                > + Send,
+        >,
     > {
         let (http, retry, status) = (self.http.clone(), self.retry.clone(), status.clone());
         move |req| Box::pin(token_http(http.clone(), retry.clone(), req, status.clone()))
@@ -521,7 +555,10 @@ async fn token_http(
             let status = resp.status();
             status_out.store(status.as_u16(), Ordering::Relaxed);
             let headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(|e| TokenHttpError(error_chain(&e)))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| TokenHttpError(error_chain(&e)))?;
             let mut out = http::Response::builder().status(status);
             if let Some(h) = out.headers_mut() {
                 *h = headers;
@@ -561,10 +598,34 @@ mod tests {
         let client = OAuthClient::new(OAuthConfig::hubspot("c", "s".into())).expect("client");
         let req = client.authorize_url();
         let cb = Callback::from_query("code=abc&state=forged");
-        let err = client.exchange_code(&req.pending, &cb).await.expect_err("must fail");
-        assert!(matches!(err, Error::Auth { kind: AuthErrorKind::StateMismatch, .. }), "{err}");
+        let err = client
+            .exchange_code(&req.pending, &cb)
+            .await
+            .expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                Error::Auth {
+                    kind: AuthErrorKind::StateMismatch,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let cb = Callback::from_query("error=access_denied&error_description=no");
-        let err = client.exchange_code(&req.pending, &cb).await.expect_err("must fail");
-        assert!(matches!(err, Error::Auth { kind: AuthErrorKind::Denied, .. }), "{err}");
+        let err = client
+            .exchange_code(&req.pending, &cb)
+            .await
+            .expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                Error::Auth {
+                    kind: AuthErrorKind::Denied,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

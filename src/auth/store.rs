@@ -55,7 +55,9 @@ impl MemoryTokenStore {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenSet>> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -65,7 +67,8 @@ impl TokenStore for MemoryTokenStore {
         Ok(self.map().get(key).cloned())
     }
     async fn save(&self, key: &str, tokens: &TokenSet) -> Result<()> {
-        self.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.saves
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.map().insert(key.to_owned(), tokens.clone());
         Ok(())
     }
@@ -100,9 +103,9 @@ impl EncryptionKey {
         let bytes = STANDARD
             .decode(s.trim())
             .map_err(|e| Error::Config(format!("encryption key is not base64: {e}")))?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| Error::Config(format!("encryption key must be 32 bytes, got {}", v.len())))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|v: Vec<u8>| {
+            Error::Config(format!("encryption key must be 32 bytes, got {}", v.len()))
+        })?;
         Ok(Self::from_bytes(arr))
     }
 
@@ -147,12 +150,14 @@ impl EncryptedFileTokenStore {
     /// A store in `dir` (created if missing).
     pub fn open(dir: impl Into<PathBuf>, key: EncryptionKey) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::state(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::state(format!("cannot create {}", dir.display()), e))?;
         Ok(EncryptedFileTokenStore { dir, key })
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{}.tokens", URL_SAFE_NO_PAD.encode(key)))
+        self.dir
+            .join(format!("{}.tokens", URL_SAFE_NO_PAD.encode(key)))
     }
 
     fn encrypt(&self, key: &str, tokens: &TokenSet) -> Result<Vec<u8>> {
@@ -162,8 +167,17 @@ impl EncryptedFileTokenStore {
         let ct = self
             .key
             .cipher()
-            .encrypt(&nonce, Payload { msg: &plain, aad: key.as_bytes() })
-            .map_err(|_| Error::State { message: "encryption failed".into(), source: None })?;
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: key.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::State {
+                message: "encryption failed".into(),
+                source: None,
+            })?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ct.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
@@ -183,10 +197,16 @@ impl EncryptedFileTokenStore {
         let plain = self
             .key
             .cipher()
-            .decrypt(nonce, Payload { msg: &bytes[4 + NONCE_LEN..], aad: key.as_bytes() })
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &bytes[4 + NONCE_LEN..],
+                    aad: key.as_bytes(),
+                },
+            )
             .map_err(|_| bad("does not decrypt: wrong key, or the file was altered"))?;
-        let stored: StoredTokens =
-            serde_json::from_slice(&plain).map_err(|e| Error::state(format!("token file for `{key}` is corrupt"), e))?;
+        let stored: StoredTokens = serde_json::from_slice(&plain)
+            .map_err(|e| Error::state(format!("token file for `{key}` is corrupt"), e))?;
         Ok(TokenSet::from_stored(stored))
     }
 }
@@ -232,7 +252,11 @@ impl TokenStore for EncryptedFileTokenStore {
             let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".tokens")) else {
                 continue;
             };
-            if let Some(key) = URL_SAFE_NO_PAD.decode(stem).ok().and_then(|b| String::from_utf8(b).ok()) {
+            if let Some(key) = URL_SAFE_NO_PAD
+                .decode(stem)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            {
                 keys.push(key);
             }
         }
@@ -255,15 +279,40 @@ mod tests {
     async fn round_trip_and_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = EncryptionKey::generate();
-        let store = EncryptedFileTokenStore::open(dir.path(), EncryptionKey::from_base64(&key.to_base64()).expect("key"))
-            .expect("open");
+        let store = EncryptedFileTokenStore::open(
+            dir.path(),
+            EncryptionKey::from_base64(&key.to_base64()).expect("key"),
+        )
+        .expect("open");
         assert!(store.load("hubspot/acme").await.expect("load").is_none());
-        store.save("hubspot/acme", &tokens("a1", "r1")).await.expect("save");
-        store.save("hubspot/acme", &tokens("a2", "r2")).await.expect("save");
-        store.save("mailchimp/b c", &tokens("x", "y")).await.expect("save");
-        let got = store.load("hubspot/acme").await.expect("load").expect("some");
-        assert_eq!(got.refresh_token.as_ref().map(|s| s.expose_secret().to_owned()).as_deref(), Some("r2"));
-        assert_eq!(store.keys().await.expect("keys"), vec!["hubspot/acme", "mailchimp/b c"]);
+        store
+            .save("hubspot/acme", &tokens("a1", "r1"))
+            .await
+            .expect("save");
+        store
+            .save("hubspot/acme", &tokens("a2", "r2"))
+            .await
+            .expect("save");
+        store
+            .save("mailchimp/b c", &tokens("x", "y"))
+            .await
+            .expect("save");
+        let got = store
+            .load("hubspot/acme")
+            .await
+            .expect("load")
+            .expect("some");
+        assert_eq!(
+            got.refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned())
+                .as_deref(),
+            Some("r2")
+        );
+        assert_eq!(
+            store.keys().await.expect("keys"),
+            vec!["hubspot/acme", "mailchimp/b c"]
+        );
         // Nothing readable on disk.
         for entry in std::fs::read_dir(dir.path()).expect("dir") {
             let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
@@ -276,10 +325,12 @@ mod tests {
     #[tokio::test]
     async fn wrong_key_tampering_and_swapped_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EncryptedFileTokenStore::open(dir.path(), EncryptionKey::generate()).expect("open");
+        let store =
+            EncryptedFileTokenStore::open(dir.path(), EncryptionKey::generate()).expect("open");
         store.save("a", &tokens("a1", "r1")).await.expect("save");
         store.save("b", &tokens("b1", "rb")).await.expect("save");
-        let other = EncryptedFileTokenStore::open(dir.path(), EncryptionKey::generate()).expect("open");
+        let other =
+            EncryptedFileTokenStore::open(dir.path(), EncryptionKey::generate()).expect("open");
         assert!(matches!(other.load("a").await, Err(Error::State { .. })));
         // A file moved under another key's name does not decrypt (AAD).
         std::fs::copy(store.path("a"), store.path("b")).expect("copy");

@@ -92,6 +92,33 @@ pub(crate) struct ApiRequest {
     pub log_path: String,
 }
 
+impl Limits {
+    /// No limits at all (tests against a fake, a proxy that limits for you).
+    pub fn none() -> Self {
+        Limits::default()
+    }
+
+    /// A general limit only.
+    pub fn standard(limit: RateLimit) -> Self {
+        Limits {
+            standard: Some(limit),
+            ..Limits::default()
+        }
+    }
+
+    /// Sets the search endpoints' own limit.
+    pub fn with_search(mut self, limit: RateLimit) -> Self {
+        self.search = Some(limit);
+        self
+    }
+
+    /// Sets the most requests in flight at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+}
+
 impl ApiRequest {
     pub(crate) fn new(method: Method, url: Url) -> Self {
         let log_path = url.path().to_owned();
@@ -252,9 +279,7 @@ impl ApiClient {
         url: Url,
         what: impl FnOnce() -> String,
     ) -> Result<T> {
-        let resp = self
-            .send(ApiRequest::new(Method::GET, url))
-            .await?;
+        let resp = self.send(ApiRequest::new(Method::GET, url)).await?;
         Error::decode(self.inner.provider, what, &resp.body)
     }
 
@@ -302,7 +327,9 @@ impl ApiClient {
                 self.wait_for_limiters(req.class).await;
                 let token = inner.auth.access_token().await?;
                 let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                    .map_err(|_| Error::Config("access token is not a valid header value".into()))?;
+                    .map_err(|_| {
+                        Error::Config("access token is not a valid header value".into())
+                    })?;
                 auth.set_sensitive(true);
                 let mut builder = inner
                     .http
@@ -388,7 +415,7 @@ impl ApiClient {
                         provider: inner.provider,
                         retry_after,
                         daily,
-                        body: parsed,
+                        body: Box::new(parsed),
                     });
                 }
                 if status.is_server_error() && retries < inner.retry.max_retries {
@@ -410,7 +437,7 @@ impl ApiClient {
                     status: status.as_u16(),
                     method: req.method.to_string(),
                     path: req.log_path.clone(),
-                    body: parsed,
+                    body: Box::new(parsed),
                 });
             }
         }

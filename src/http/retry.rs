@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
-        let cfg = RetryConfig::default().with_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let cfg =
+            RetryConfig::default().with_backoff(Duration::from_millis(100), Duration::from_secs(1));
         for retry in 0..10 {
             let d = cfg.backoff(retry);
             let full = (0.1 * 2f64.powi(retry as i32)).min(1.0);

@@ -92,7 +92,8 @@ impl FilesSink {
     /// A sink writing under `root` (created if missing).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(io_err(format!("cannot create {}", root.display())))?;
+        std::fs::create_dir_all(&root)
+            .map_err(io_err(format!("cannot create {}", root.display())))?;
         Ok(FilesSink {
             root,
             open: Mutex::new(HashMap::new()),
@@ -122,28 +123,39 @@ impl FilesSink {
 
     fn read_state(paths: &Paths) -> Result<Option<StateFile>> {
         match std::fs::read(&paths.state) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::state(format!("unreadable state file {}", paths.state.display()), e)),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::state(
+                    format!("unreadable state file {}", paths.state.display()),
+                    e,
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::state(format!("cannot read {}", paths.state.display()), e)),
+            Err(e) => Err(Error::state(
+                format!("cannot read {}", paths.state.display()),
+                e,
+            )),
         }
     }
 
     fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), OpenStream>> {
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Finishes a completed stream: `.partial` becomes `.jsonl`.
 fn publish(paths: &Paths) -> Result<()> {
-    std::fs::rename(&paths.partial, &paths.data).map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
+    std::fs::rename(&paths.partial, &paths.data)
+        .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
     sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))
 }
 
 fn write_state(paths: &Paths, state: &StateFile) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::state("cannot encode state", e))?;
-    write_atomically(&paths.dir, &paths.state, &bytes).map_err(io_err(format!("cannot write {}", paths.state.display())))
+    let bytes =
+        serde_json::to_vec_pretty(state).map_err(|e| Error::state("cannot encode state", e))?;
+    write_atomically(&paths.dir, &paths.state, &bytes)
+        .map_err(io_err(format!("cannot write {}", paths.state.display())))
 }
 
 const META_KEYS: [&str; 4] = ["_tenant_id", "_sync_id", "_extracted_at", "_deleted"];
@@ -156,7 +168,8 @@ impl Sink for FilesSink {
 
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
         let paths = self.paths(&ctx.tenant, &ctx.schema.name);
-        std::fs::create_dir_all(&paths.dir).map_err(io_err(format!("cannot create {}", paths.dir.display())))?;
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(io_err(format!("cannot create {}", paths.dir.display())))?;
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
             if s.checkpoint.complete && paths.partial.exists() {
@@ -174,7 +187,10 @@ impl Sink for FilesSink {
                 .write(true)
                 .open(&paths.partial)
                 .map_err(io_err(format!("cannot open {}", paths.partial.display())))?;
-            let actual = file.metadata().map_err(io_err("cannot stat partial file"))?.len();
+            let actual = file
+                .metadata()
+                .map_err(io_err("cannot stat partial file"))?
+                .len();
             if actual < committed {
                 return Err(Error::State {
                     message: format!(
@@ -185,14 +201,17 @@ impl Sink for FilesSink {
                 });
             }
             // Drop what was written after the last commit: it is read again.
-            file.set_len(committed).map_err(io_err("cannot truncate partial file"))?;
+            file.set_len(committed)
+                .map_err(io_err("cannot truncate partial file"))?;
             (file, committed)
         } else {
-            let file = File::create(&paths.partial).map_err(io_err(format!("cannot create {}", paths.partial.display())))?;
+            let file = File::create(&paths.partial)
+                .map_err(io_err(format!("cannot create {}", paths.partial.display())))?;
             (file, 0)
         };
         let mut file = file;
-        file.seek(std::io::SeekFrom::End(0)).map_err(io_err("cannot seek partial file"))?;
+        file.seek(std::io::SeekFrom::End(0))
+            .map_err(io_err("cannot seek partial file"))?;
         self.open_map().insert(
             (ctx.tenant.clone(), ctx.schema.name.clone()),
             OpenStream {
@@ -216,10 +235,18 @@ impl Sink for FilesSink {
         // The metadata is the same for the whole batch: encode it once.
         let mut prefix = Vec::with_capacity(160);
         prefix.extend_from_slice(b"{\"_tenant_id\":");
-        serde_json::to_writer(&mut prefix, &batch.tenant).map_err(|e| Error::sink(NAME, "encode", e))?;
-        prefix.extend_from_slice(format!(",\"_sync_id\":\"{}\",\"_extracted_at\":\"{}\",\"_deleted\":",
-            batch.sync_id,
-            batch.extracted_at.to_rfc3339_opts(SecondsFormat::Micros, true)).as_bytes());
+        serde_json::to_writer(&mut prefix, &batch.tenant)
+            .map_err(|e| Error::sink(NAME, "encode", e))?;
+        prefix.extend_from_slice(
+            format!(
+                ",\"_sync_id\":\"{}\",\"_extracted_at\":\"{}\",\"_deleted\":",
+                batch.sync_id,
+                batch
+                    .extracted_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+            )
+            .as_bytes(),
+        );
         let mut line = Vec::with_capacity(4096);
         for record in &batch.records {
             line.clear();
@@ -235,9 +262,10 @@ impl Sink for FilesSink {
                 serde_json::to_writer(&mut line, v).map_err(|e| Error::sink(NAME, "encode", e))?;
             }
             line.extend_from_slice(b"}\n");
-            open.writer
-                .write_all(&line)
-                .map_err(io_err(format!("cannot write {}", open.paths.partial.display())))?;
+            open.writer.write_all(&line).map_err(io_err(format!(
+                "cannot write {}",
+                open.paths.partial.display()
+            )))?;
             open.len += line.len() as u64;
         }
         Ok(())
@@ -251,7 +279,9 @@ impl Sink for FilesSink {
             message: format!("commit of `{}` before prepare", checkpoint.stream),
             source: None,
         })?;
-        open.writer.flush().map_err(io_err("cannot flush partial file"))?;
+        open.writer
+            .flush()
+            .map_err(io_err("cannot flush partial file"))?;
         open.writer
             .get_ref()
             .sync_data()

@@ -26,6 +26,7 @@
 //!   `POST …/batch/read` with the properties in the body: two calls per 100
 //!   records, whatever the number of properties (chunked GETs would need at
 //!   least two, and a merge).
+//!
 //! The search endpoint (one call per 200 records, properties in the body) is
 //! kept for incremental reads, since it cannot list archived records and has
 //! its own, lower rate limit.
@@ -44,13 +45,19 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub use models::{
-    AccessTokenInfo, AccountDetails, Company, Contact, CrmObject, Deal, Owner, Pipeline, PipelineStage,
-    PropertyDefinition, Ticket,
+    AccessTokenInfo, AccountDetails, Company, Contact, CrmObject, Deal, Owner, Pipeline,
+    PipelineStage, PropertyDefinition, Ticket,
 };
-pub use source::{decode_list_page, property_field_type, HubSpotSource, STREAM_DEAL_PIPELINES, STREAM_OWNERS, STREAM_TICKET_PIPELINES};
+pub use source::{
+    decode_list_page, property_field_type, HubSpotSource, STREAM_DEAL_PIPELINES, STREAM_OWNERS,
+    STREAM_TICKET_PIPELINES,
+};
 
 use crate::auth::{AccessTokenSource, StaticToken, TokenProvider};
-use crate::http::{default_http_client, ApiClient, ApiRequest, Limits, RateLimit, RequestClass, RequestStats, RetryConfig};
+use crate::http::{
+    default_http_client, ApiClient, ApiRequest, Limits, RateLimit, RequestClass, RequestStats,
+    RetryConfig,
+};
 use crate::paginate::{paginate, Paged};
 use crate::{Error, Result};
 
@@ -162,7 +169,8 @@ impl HubSpotBuilder {
             message: "no credentials: set a private-app token or OAuth tokens".into(),
         })?;
         let base = self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let base_url = Url::parse(base).map_err(|e| Error::Config(format!("bad HubSpot base URL `{base}`: {e}")))?;
+        let base_url = Url::parse(base)
+            .map_err(|e| Error::Config(format!("bad HubSpot base URL `{base}`: {e}")))?;
         let limits = self.limits.unwrap_or(Limits {
             standard: Some(match kind {
                 AuthKind::PrivateApp => PRIVATE_APP_LIMIT,
@@ -172,7 +180,14 @@ impl HubSpotBuilder {
             concurrency: None,
         });
         let http = default_http_client(self.timeout.unwrap_or(Duration::from_secs(60)))?;
-        let client = ApiClient::new(PROVIDER, http, base_url, auth, self.retry.unwrap_or_default(), limits);
+        let client = ApiClient::new(
+            PROVIDER,
+            http,
+            base_url,
+            auth,
+            self.retry.unwrap_or_default(),
+            limits,
+        );
         Ok(HubSpot { client, kind })
     }
 }
@@ -245,7 +260,9 @@ impl HubSpot {
         struct R {
             results: Vec<PropertyDefinition>,
         }
-        let url = self.client.url(&format!("crm/v3/properties/{}", enc(object_type)))?;
+        let url = self
+            .client
+            .url(&format!("crm/v3/properties/{}", enc(object_type)))?;
         let r: R = self
             .client
             .get_json(url, || format!("properties of `{object_type}`"))
@@ -255,15 +272,25 @@ impl HubSpot {
 
     /// Pipelines of `deals` or `tickets`, with their stages.
     pub async fn pipelines(&self, object_type: &str) -> Result<Vec<Pipeline>> {
-        Ok(self.pipelines_raw(object_type).await?.into_iter().map(|(p, _)| p).collect())
+        Ok(self
+            .pipelines_raw(object_type)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
-    pub(crate) async fn pipelines_raw(&self, object_type: &str) -> Result<Vec<(Pipeline, serde_json::Value)>> {
+    pub(crate) async fn pipelines_raw(
+        &self,
+        object_type: &str,
+    ) -> Result<Vec<(Pipeline, serde_json::Value)>> {
         #[derive(Deserialize)]
         struct R {
             results: Vec<serde_json::Value>,
         }
-        let url = self.client.url(&format!("crm/v3/pipelines/{}", enc(object_type)))?;
+        let url = self
+            .client
+            .url(&format!("crm/v3/pipelines/{}", enc(object_type)))?;
         let r: R = self
             .client
             .get_json(url, || format!("pipelines of `{object_type}`"))
@@ -306,25 +333,30 @@ impl HubSpot {
         start: Option<String>,
     ) -> impl Stream<Item = Result<Paged<serde_json::Value, String>>> + Send + 'static {
         let hs = self.clone();
-        paginate(PROVIDER, format!("owners (archived={archived})"), start, move |after: Option<String>| {
-            let hs = hs.clone();
-            async move {
-                let mut url = hs.client.url("crm/v3/owners")?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    q.append_pair("limit", "500");
-                    q.append_pair("archived", if archived { "true" } else { "false" });
-                    if let Some(a) = &after {
-                        q.append_pair("after", a);
+        paginate(
+            PROVIDER,
+            format!("owners (archived={archived})"),
+            start,
+            move |after: Option<String>| {
+                let hs = hs.clone();
+                async move {
+                    let mut url = hs.client.url("crm/v3/owners")?;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("limit", "500");
+                        q.append_pair("archived", if archived { "true" } else { "false" });
+                        if let Some(a) = &after {
+                            q.append_pair("after", a);
+                        }
                     }
+                    let page: ListPage<serde_json::Value> = hs
+                        .client
+                        .get_json(url, || format!("owners page (after={after:?})"))
+                        .await?;
+                    Ok(page.into_paged())
                 }
-                let page: ListPage<serde_json::Value> = hs
-                    .client
-                    .get_json(url, || format!("owners page (after={after:?})"))
-                    .await?;
-                Ok(page.into_paged())
-            }
-        })
+            },
+        )
     }
 
     /// Who is connected: for OAuth tokens the token's hub, user and scopes
@@ -350,7 +382,8 @@ impl HubSpot {
                 let resp = self.client.send(req).await?;
                 let raw: serde_json::Map<String, serde_json::Value> =
                     Error::decode(PROVIDER, || "access token info".into(), &resp.body)?;
-                let t: AccessTokenInfo = Error::decode(PROVIDER, || "access token info".into(), &resp.body)?;
+                let t: AccessTokenInfo =
+                    Error::decode(PROVIDER, || "access token info".into(), &resp.body)?;
                 info.account_id = t.hub_id.to_string();
                 info.name = t.hub_domain;
                 info.user = t.user;
@@ -361,15 +394,19 @@ impl HubSpot {
             }
             AuthKind::PrivateApp => {
                 let url = self.client.url("account-info/v3/details")?;
-                let raw: serde_json::Map<String, serde_json::Value> =
-                    self.client.get_json(url, || "account details".into()).await?;
-                let d: AccountDetails = serde_json::from_value(serde_json::Value::Object(raw.clone()))
-                    .map_err(|e| Error::Decode {
-                        provider: PROVIDER,
-                        what: "account details".into(),
-                        path: String::new(),
-                        message: e.to_string(),
-                    })?;
+                let raw: serde_json::Map<String, serde_json::Value> = self
+                    .client
+                    .get_json(url, || "account details".into())
+                    .await?;
+                let d: AccountDetails = serde_json::from_value(serde_json::Value::Object(
+                    raw.clone(),
+                ))
+                .map_err(|e| Error::Decode {
+                    provider: PROVIDER,
+                    what: "account details".into(),
+                    path: String::new(),
+                    message: e.to_string(),
+                })?;
                 info.account_id = d.portal_id.to_string();
                 info.name = d.ui_domain;
                 info.details = raw;
@@ -430,7 +467,11 @@ impl<T: From<CrmObject> + Send + 'static> Objects<T> {
         ListObjects {
             hs: self.hs.clone(),
             object_type: self.object_type.clone(),
-            properties: self.default_properties.iter().map(|s| s.to_string()).collect(),
+            properties: self
+                .default_properties
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             archived: false,
             limit: MAX_LIST_LIMIT,
             after: None,
@@ -440,7 +481,12 @@ impl<T: From<CrmObject> + Send + 'static> Objects<T> {
 
     /// Reads up to 100 objects by id with the given properties
     /// (`POST …/batch/read`). Ids not found are left out.
-    pub async fn batch_read(&self, ids: &[String], properties: &[String], archived: bool) -> Result<Vec<T>> {
+    pub async fn batch_read(
+        &self,
+        ids: &[String],
+        properties: &[String],
+        archived: bool,
+    ) -> Result<Vec<T>> {
         let objects = batch_read(&self.hs, &self.object_type, ids, properties, archived).await?;
         Ok(objects.into_iter().map(T::from).collect())
     }
@@ -506,11 +552,14 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
         let properties = Arc::new(properties);
         let mut page_no = 0u64;
         paginate(PROVIDER, what, after, move |after: Option<String>| {
-            let (hs, object_type, properties) = (hs.clone(), object_type.clone(), properties.clone());
+            let (hs, object_type, properties) =
+                (hs.clone(), object_type.clone(), properties.clone());
             page_no += 1;
             let n = page_no;
             async move {
-                let mut url = hs.client.url(&format!("crm/v3/objects/{}", enc(&object_type)))?;
+                let mut url = hs
+                    .client
+                    .url(&format!("crm/v3/objects/{}", enc(&object_type)))?;
                 {
                     let mut q = url.query_pairs_mut();
                     q.append_pair("limit", &limit.to_string());
@@ -529,9 +578,13 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
                 let mut paged = page.into_paged();
                 if plan_batch && !paged.items.is_empty() {
                     let ids: Vec<String> = paged.items.iter().map(|o| o.id.clone()).collect();
-                    paged.items = batch_read(&hs, &object_type, &ids, &properties, archived).await?;
+                    paged.items =
+                        batch_read(&hs, &object_type, &ids, &properties, archived).await?;
                 }
-                Ok(Paged::new(paged.items.into_iter().map(T::from).collect(), paged.next))
+                Ok(Paged::new(
+                    paged.items.into_iter().map(T::from).collect(),
+                    paged.next,
+                ))
             }
         })
     }

@@ -55,7 +55,9 @@ fn parse_time(s: Option<String>) -> Option<DateTime<Utc>> {
     if let Ok(ms) = s.parse::<i64>() {
         return DateTime::from_timestamp_millis(ms);
     }
-    DateTime::parse_from_rfc3339(&s).ok().map(|d| d.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(&s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 macro_rules! model {

@@ -73,7 +73,9 @@ impl HubSpotSource {
     pub fn new(hs: HubSpot) -> Self {
         HubSpotSource {
             hs,
-            object_types: ["contacts", "companies", "deals", "tickets"].map(String::from).to_vec(),
+            object_types: ["contacts", "companies", "deals", "tickets"]
+                .map(String::from)
+                .to_vec(),
             allow: HashMap::new(),
             include_archived: true,
         }
@@ -81,7 +83,10 @@ impl HubSpotSource {
 
     /// Adds CRM object types to `discover()` (`calls`, `notes`, `p_widgets`).
     /// Any type can be read by name without this.
-    pub fn with_object_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+    pub fn with_object_types<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        types: I,
+    ) -> Self {
         for t in types {
             let t = t.into();
             if !self.object_types.contains(&t) {
@@ -92,9 +97,15 @@ impl HubSpotSource {
     }
 
     /// Reads only these properties of `stream` (default: all).
-    pub fn with_properties<I: IntoIterator<Item = S>, S: Into<String>>(mut self, stream: &str, props: I) -> Self {
-        self.allow
-            .insert(stream.to_owned(), props.into_iter().map(Into::into).collect());
+    pub fn with_properties<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        stream: &str,
+        props: I,
+    ) -> Self {
+        self.allow.insert(
+            stream.to_owned(),
+            props.into_iter().map(Into::into).collect(),
+        );
         self
     }
 
@@ -136,7 +147,11 @@ impl HubSpotSource {
         Ok(StreamSchema::new(object_type, "id", fields).with_cursor_field("updatedAt"))
     }
 
-    fn read_objects<'a>(&'a self, schema: &'a StreamSchema, state: Option<StreamState>) -> BoxStream<'a, Result<Page>> {
+    fn read_objects<'a>(
+        &'a self,
+        schema: &'a StreamSchema,
+        state: Option<StreamState>,
+    ) -> BoxStream<'a, Result<Page>> {
         let pos = match Position::from_state(state) {
             Ok(p) => p,
             Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
@@ -166,7 +181,11 @@ impl HubSpotSource {
                 list.map(move |r| {
                     r.map(|p| {
                         let next = next_position(archived, p.next.clone(), include_archived);
-                        let records = p.items.into_iter().map(|o| object_record(o, &types)).collect();
+                        let records = p
+                            .items
+                            .into_iter()
+                            .map(|o| object_record(o, &types))
+                            .collect();
                         Page::new(records, next.to_state())
                     })
                 })
@@ -184,13 +203,18 @@ impl HubSpotSource {
         let hs = self.hs.clone();
         let pages = futures::stream::iter(phases(&pos, include_archived))
             .map(move |(archived, start)| {
-                hs.owner_pages(archived, start).map(move |r: Result<Paged<Value, String>>| {
-                    r.map(|p| {
-                        let next = next_position(archived, p.next.clone(), include_archived);
-                        let records = p.items.into_iter().filter_map(|v| json_record(v, archived)).collect();
-                        Page::new(records, next.to_state())
+                hs.owner_pages(archived, start)
+                    .map(move |r: Result<Paged<Value, String>>| {
+                        r.map(|p| {
+                            let next = next_position(archived, p.next.clone(), include_archived);
+                            let records = p
+                                .items
+                                .into_iter()
+                                .filter_map(|v| json_record(v, archived))
+                                .collect();
+                            Page::new(records, next.to_state())
+                        })
                     })
-                })
             })
             .flatten();
         stop_after_error(pages).boxed()
@@ -312,11 +336,16 @@ fn property_types(schema: &StreamSchema) -> HashMap<String, FieldType> {
 /// `schema`, and the next cursor: the same steps [`HubSpotSource`] takes for
 /// every page (useful to replay stored answers, and measured in `benches/`).
 pub fn decode_list_page(body: &[u8], schema: &StreamSchema) -> Result<Paged<Record, String>> {
-    let page: super::ListPage<CrmObject> = Error::decode(PROVIDER, || format!("{} page", schema.name), body)?;
+    let page: super::ListPage<CrmObject> =
+        Error::decode(PROVIDER, || format!("{} page", schema.name), body)?;
     let types = property_types(schema);
     let paged = page.into_paged();
     Ok(Paged::new(
-        paged.items.into_iter().map(|o| object_record(o, &types)).collect(),
+        paged
+            .items
+            .into_iter()
+            .map(|o| object_record(o, &types))
+            .collect(),
         paged.next,
     ))
 }
@@ -423,14 +452,23 @@ impl Source for HubSpotSource {
         match stream {
             STREAM_OWNERS => Ok(owners_schema()),
             STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES => Ok(pipelines_schema(stream)),
-            t if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+            t if !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
                 self.object_schema(t).await
             }
-            other => Err(Error::Config(format!("`{other}` is not a HubSpot stream or object type"))),
+            other => Err(Error::Config(format!(
+                "`{other}` is not a HubSpot stream or object type"
+            ))),
         }
     }
 
-    fn read<'a>(&'a self, stream: &'a StreamSchema, state: Option<StreamState>) -> BoxStream<'a, Result<Page>> {
+    fn read<'a>(
+        &'a self,
+        stream: &'a StreamSchema,
+        state: Option<StreamState>,
+    ) -> BoxStream<'a, Result<Page>> {
         match stream.name.as_str() {
             STREAM_OWNERS => self.read_owners(state),
             STREAM_DEAL_PIPELINES => self.read_pipelines("deals"),
@@ -473,14 +511,26 @@ mod tests {
 
     #[test]
     fn positions_walk_active_then_archived_then_done() {
-        assert_eq!(next_position(false, Some("5".into()), true), Position::Active { after: Some("5".into()) });
-        assert_eq!(next_position(false, None, true), Position::Archived { after: None });
+        assert_eq!(
+            next_position(false, Some("5".into()), true),
+            Position::Active {
+                after: Some("5".into())
+            }
+        );
+        assert_eq!(
+            next_position(false, None, true),
+            Position::Archived { after: None }
+        );
         assert_eq!(next_position(false, None, false), Position::Done);
         assert_eq!(next_position(true, None, true), Position::Done);
-        let p = Position::Archived { after: Some("9".into()) };
+        let p = Position::Archived {
+            after: Some("9".into()),
+        };
         assert_eq!(Position::from_state(Some(p.to_state())).expect("state"), p);
         assert_eq!(phases(&p, true), vec![(true, Some("9".into()))]);
-        assert!(Position::from_state(Some(StreamState(serde_json::json!({"phase": "nope"})))).is_err());
+        assert!(
+            Position::from_state(Some(StreamState(serde_json::json!({"phase": "nope"})))).is_err()
+        );
     }
 
     #[test]

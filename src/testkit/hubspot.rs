@@ -1,0 +1,4829 @@
+//! A stateful fake of HubSpot's APIs, served over HTTP on `127.0.0.1`.
+//!
+//! [`HubSpotFake`] follows HubSpot's public API descriptions (the CRM v3
+//! objects, properties, owners and pipelines specs, and OAuth v1) for field
+//! names, paging, error bodies and rate-limit headers. It serves:
+//!
+//! | Method and path | Notes |
+//! |---|---|
+//! | `GET /crm/v3/objects/{type}` | `limit` (default 10, max 100), `after`, `properties`, `propertiesWithHistory`, `archived` |
+//! | `GET /crm/v3/objects/{type}/{id}` | `properties`, `propertiesWithHistory`, `archived` |
+//! | `POST /crm/v3/objects/{type}/batch/read` | at most 100 inputs; missing ids answer 207 with `errors` |
+//! | `POST /crm/v3/objects/{type}/search` | filters, one sort, `query`, `limit` ≤ 200, 10,000-result cap |
+//! | `GET /crm/v3/properties/{type}[/{name}]` | every property type HubSpot has |
+//! | `GET /crm/v3/owners[/{id}]` | `limit` (default 100, max 500), `after`, `archived`, `email` |
+//! | `GET /crm/v3/pipelines/{type}[/{id}[/stages]]` | deals and tickets have pipelines |
+//! | `POST /oauth/v1/token` | `authorization_code`, `refresh_token`, `client_credentials` |
+//! | `GET /oauth/v1/access-tokens/{token}` | token introspection |
+//! | `GET`/`DELETE /oauth/v1/refresh-tokens/{token}` | refresh-token info and revocation |
+//! | `GET /account-info/v3/details` | account identity |
+//!
+//! Anything else answers 404 with HubSpot's `Error` body. CRM and account
+//! calls need `Authorization: Bearer <token>` (a configured private-app token
+//! or an unexpired OAuth access token).
+//!
+//! # Records
+//!
+//! Records are generated on the fly from `(seed, object type, index)`; nothing
+//! is stored, so a fake can serve millions of records. Active object `i` has id
+//! `1000 + i`; archived object `j` has id `900000000 + j`. Every property value
+//! is a string or `null`, as HubSpot v3 sends them; some values are `null` and
+//! some are `""` (deterministically) to exercise blank handling.
+//! [`HubSpotFake::record`] and [`HubSpotFake::ids`] give tests the truth.
+//!
+//! Timestamps: `createdAt` grows with the index (five minutes apart, starting
+//! 2015-01-01), `updatedAt` (the `lastmodifieddate` / `hs_lastmodifieddate`
+//! property) lies 0 to 90 days after it, so sorting by last-modified date is
+//! not the id order, and about 30 % of last-modified values are rounded to the
+//! minute, so several records can share one timestamp.
+//!
+//! # Rate limits
+//!
+//! Limits are rolling windows, checked when a request arrives (before any
+//! configured latency). Private-app tokens each have their own window and a
+//! daily budget; OAuth access tokens minted by the fake all belong to one app
+//! installed in one account, so they share one window (HubSpot counts OAuth
+//! limits per app and account, so refreshing a token does not reset it).
+//!
+//! # Fault injection
+//!
+//! See [`HubSpotFake::fail_next`], [`HubSpotFake::fail_next_with_retry_after`],
+//! [`HubSpotFake::token_endpoint_fail_next`], [`HubSpotFake::malformed_page`],
+//! [`HubSpotFake::repeat_cursor`], [`HubSpotFake::expire_access_tokens`],
+//! [`HubSpotFake::set_latency`] and [`HubSpotFake::set_rate_limit`].
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use serde_json::{json, Map, Value};
+use url::Url;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+// ---------------------------------------------------------------------------
+// Public configuration
+// ---------------------------------------------------------------------------
+
+/// A rolling-window rate limit: at most `max` requests in any `window`.
+///
+/// A request that arrives when `max` requests already arrived within the last
+/// `window` is answered with HTTP 429 and does not count against the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeRateLimit {
+    /// Requests allowed per window.
+    pub max: u32,
+    /// Length of the rolling window.
+    pub window: Duration,
+}
+
+impl FakeRateLimit {
+    /// A limit of `max` requests per `window`.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self { max, window }
+    }
+
+    /// HubSpot's private-app burst limit: 190 requests per 10 seconds.
+    pub fn private_app() -> Self {
+        Self::new(190, Duration::from_secs(10))
+    }
+
+    /// HubSpot's OAuth (public) app burst limit: 100 requests per 10 seconds.
+    pub fn oauth_app() -> Self {
+        Self::new(100, Duration::from_secs(10))
+    }
+
+    /// HubSpot's CRM search limit: 4 requests per second.
+    pub fn search() -> Self {
+        Self::new(4, Duration::from_secs(1))
+    }
+}
+
+/// How many records of one object type the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ObjectSeed {
+    /// Active (non-archived) records, ids `1000..1000 + count` (keep it
+    /// below 899,999,000 so active ids stay under the archived range).
+    pub count: usize,
+    /// Archived records, ids `900000000..900000000 + archived`.
+    pub archived: usize,
+}
+
+impl ObjectSeed {
+    /// `count` active and `archived` archived records.
+    pub fn new(count: usize, archived: usize) -> Self {
+        Self { count, archived }
+    }
+}
+
+/// Configuration of a [`HubSpotFake`].
+///
+/// Build it with struct update syntax over [`FakeConfig::default`]:
+///
+/// ```
+/// use headwater::testkit::{FakeConfig, ObjectSeed};
+///
+/// let mut config = FakeConfig { seed: 7, custom_properties: 7, ..FakeConfig::default() };
+/// config.objects.insert("contacts".into(), ObjectSeed::new(100_000, 10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// Seed of the record generator (default 42).
+    pub seed: u64,
+    /// Object types served and their record counts. Keys are HubSpot object
+    /// type names (`contacts`, `companies`, `deals`, `tickets`, `calls`,
+    /// `notes`, custom names like `p_widgets`). Default: contacts 250 (5
+    /// archived), companies 60 (3), deals 80 (4), tickets 40 (2).
+    pub objects: BTreeMap<String, ObjectSeed>,
+    /// Extra custom properties per object type, named `custom_prop_{i}`
+    /// (default 5). Their types cycle through `date`, `bool`, `phone_number`,
+    /// `enumeration` (checkbox), `number` (calculated), `string` (textarea),
+    /// `datetime`, `enumeration` (radio), `string`, `number`, `enumeration`
+    /// (select).
+    pub custom_properties: usize,
+    /// Number of active owners (default 12). One archived owner is served too.
+    pub owners: usize,
+    /// Burst limit for CRM calls, per private-app token and per OAuth app
+    /// (default `None`: unlimited). HubSpot: [`FakeRateLimit::private_app`],
+    /// [`FakeRateLimit::oauth_app`].
+    pub rate_limit: Option<FakeRateLimit>,
+    /// Extra limit for search calls (default `None`). HubSpot:
+    /// [`FakeRateLimit::search`].
+    pub search_rate_limit: Option<FakeRateLimit>,
+    /// Delay added to every response (default zero).
+    pub latency: Duration,
+    /// Static private-app tokens accepted as bearer tokens (default
+    /// `["pat-fake-token"]`).
+    pub private_app_tokens: Vec<String>,
+    /// OAuth client id accepted by `POST /oauth/v1/token`.
+    pub client_id: String,
+    /// OAuth client secret accepted by `POST /oauth/v1/token`.
+    pub client_secret: String,
+    /// Lifetime of minted access tokens (default 30 minutes, as HubSpot).
+    pub access_token_ttl: Duration,
+    /// When true, every refresh returns a new refresh token and the old one
+    /// stops working (default false: HubSpot keeps refresh tokens).
+    pub rotate_refresh_tokens: bool,
+    /// Account (portal) id (default 62515).
+    pub hub_id: u64,
+    /// Account domain (default `fake-portal.hubspot.com`).
+    pub hub_domain: String,
+    /// Email of the user who installed the app (default `ops@example.com`).
+    pub user: String,
+    /// Id of that user (default 7000001).
+    pub user_id: u64,
+    /// Id of the OAuth app (default 1234567).
+    pub app_id: u64,
+    /// Daily request budget of each private-app token (default 1,000,000,
+    /// HubSpot Enterprise). Reported in `X-HubSpot-RateLimit-Daily`; past it
+    /// calls answer 429 with policy `DAILY`.
+    pub daily_limit: u64,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        let mut objects = BTreeMap::new();
+        objects.insert("contacts".to_string(), ObjectSeed::new(250, 5));
+        objects.insert("companies".to_string(), ObjectSeed::new(60, 3));
+        objects.insert("deals".to_string(), ObjectSeed::new(80, 4));
+        objects.insert("tickets".to_string(), ObjectSeed::new(40, 2));
+        Self {
+            seed: 42,
+            objects,
+            custom_properties: 5,
+            owners: 12,
+            rate_limit: None,
+            search_rate_limit: None,
+            latency: Duration::ZERO,
+            private_app_tokens: vec!["pat-fake-token".to_string()],
+            client_id: "fake-client-id".to_string(),
+            client_secret: "fake-client-secret".to_string(),
+            access_token_ttl: Duration::from_secs(30 * 60),
+            rotate_refresh_tokens: false,
+            hub_id: 62515,
+            hub_domain: "fake-portal.hubspot.com".to_string(),
+            user: "ops@example.com".to_string(),
+            user_id: 7_000_001,
+            app_id: 1_234_567,
+            daily_limit: 1_000_000,
+        }
+    }
+}
+
+/// Counters of what the fake has served since start or [`HubSpotFake::reset_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FakeStats {
+    /// Requests other than `POST /oauth/v1/token` that reached the fake
+    /// (including rejected ones).
+    pub requests: u64,
+    /// Responses with status 429 (rate limited or injected).
+    pub rate_limited: u64,
+    /// Successful `refresh_token` grants.
+    pub token_refreshes: u64,
+    /// Successful `authorization_code` grants.
+    pub code_exchanges: u64,
+    /// All requests to `POST /oauth/v1/token`, successful or not.
+    pub token_requests: u64,
+    /// The largest number of accepted requests seen in one rolling window of
+    /// the configured [`FakeConfig::rate_limit`] (0 when none is configured).
+    pub max_in_window: u32,
+    /// Requests per route, keyed like `GET /crm/v3/objects/contacts` (ids and
+    /// tokens in paths appear as `{id}` / `{token}`).
+    pub per_path: BTreeMap<String, u64>,
+}
+
+// ---------------------------------------------------------------------------
+// The fake
+// ---------------------------------------------------------------------------
+
+/// A stateful fake of HubSpot's API on a local HTTP server.
+///
+/// Cloning gives another handle to the same server; the server stops when the
+/// last handle is dropped. All methods are thread-safe and can be called while
+/// requests are in flight.
+#[derive(Clone)]
+pub struct HubSpotFake {
+    server: Arc<MockServer>,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for HubSpotFake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubSpotFake")
+            .field("uri", &self.inner.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubSpotFake {
+    /// Starts the fake on a random port of `127.0.0.1`.
+    pub async fn start(config: FakeConfig) -> HubSpotFake {
+        let server = MockServer::builder()
+            .disable_request_recording()
+            .start()
+            .await;
+        let inner = Arc::new(Inner::new(config, server.uri()));
+        Mock::given(wiremock::matchers::any())
+            .respond_with(Responder(Arc::clone(&inner)))
+            .mount(&server)
+            .await;
+        HubSpotFake {
+            server: Arc::new(server),
+            inner,
+        }
+    }
+
+    /// Base URL of the fake, like `http://127.0.0.1:41234` (no trailing slash);
+    /// use it where the real API has `https://api.hubapi.com`.
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// The configuration, with the current latency and rate limits.
+    pub fn config(&self) -> FakeConfig {
+        let mut config = self.inner.cfg.clone();
+        let st = self.inner.state();
+        config.rate_limit = st.rate_limit;
+        config.search_rate_limit = st.search_rate_limit;
+        drop(st);
+        config.latency = self.inner.latency();
+        config
+    }
+
+    /// The object types served, by canonical name.
+    pub fn object_types(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.schemas.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The full JSON of active record `index` of `object_type`, with every
+    /// property, exactly as the list endpoint serves it (a `SimplePublicObject`).
+    /// `Value::Null` when the type is unknown or `index` is out of range.
+    pub fn record(&self, object_type: &str, index: usize) -> Value {
+        match self.inner.resolve(object_type) {
+            Some(schema) if index < schema.seed.count => {
+                self.inner.record_value(schema, false, index)
+            }
+            _ => Value::Null,
+        }
+    }
+
+    /// The full JSON of the record with `id` (active or archived), or `None`.
+    pub fn record_by_id(&self, object_type: &str, id: &str) -> Option<Value> {
+        let schema = self.inner.resolve(object_type)?;
+        let id: u64 = id.parse().ok()?;
+        let (archived, pos) = schema.locate(id)?;
+        Some(self.inner.record_value(schema, archived, pos))
+    }
+
+    /// Ids of the active (or, with `archived`, the archived) records of
+    /// `object_type`, ascending, as the list endpoint walks them. Empty for an
+    /// unknown type.
+    pub fn ids(&self, object_type: &str, archived: bool) -> Vec<String> {
+        let Some(schema) = self.inner.resolve(object_type) else {
+            return Vec::new();
+        };
+        let (n, base) = if archived {
+            (schema.seed.archived, ARCHIVED_ID_BASE)
+        } else {
+            (schema.seed.count, ACTIVE_ID_BASE)
+        };
+        (0..n).map(|i| (base + i as u64).to_string()).collect()
+    }
+
+    /// Names of every property of `object_type` (defaults and custom), in
+    /// definition order. Empty for an unknown type.
+    pub fn property_names(&self, object_type: &str) -> Vec<String> {
+        self.inner
+            .resolve(object_type)
+            .map(|s| s.props.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Mints a one-time authorization code for `scopes`, as HubSpot's consent
+    /// screen would; exchange it at `POST /oauth/v1/token`.
+    pub fn authorize(&self, scopes: &[&str]) -> String {
+        let code = uuid::Uuid::new_v4().to_string();
+        let scopes = scopes.iter().map(|s| (*s).to_string()).collect();
+        self.inner.state().codes.insert(code.clone(), scopes);
+        code
+    }
+
+    /// Mints an access token and a refresh token directly (default scopes),
+    /// returning `(access_token, refresh_token)`.
+    pub fn mint_tokens(&self) -> (String, String) {
+        let mut st = self.inner.state();
+        let scopes = default_scopes();
+        let refresh = new_refresh_token();
+        st.refresh.insert(refresh.clone(), scopes.clone());
+        let access = self.inner.mint_access(&mut st, scopes);
+        (access, refresh)
+    }
+
+    /// Makes every access token minted so far expired.
+    pub fn expire_access_tokens(&self) {
+        let now = Instant::now();
+        for tok in self.inner.state().access.values_mut() {
+            tok.expires_at = tok.expires_at.min(now);
+        }
+    }
+
+    /// The next `n` requests (other than `POST /oauth/v1/token`) answer
+    /// `status`: a 5xx or 4xx status gets HubSpot's `Error` body; 429 gets the
+    /// rate-limit body (no `Retry-After`). Statuses outside 100..=999 become 500.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let status = sanitize_status(status);
+        let mut st = self.inner.state();
+        for _ in 0..n {
+            st.faults.push_back(Fault {
+                status,
+                retry_after: None,
+            });
+        }
+    }
+
+    /// The next `n` requests (other than `POST /oauth/v1/token`) answer 429
+    /// with the rate-limit body and `Retry-After: {secs}`.
+    pub fn fail_next_with_retry_after(&self, n: usize, secs: u64) {
+        let mut st = self.inner.state();
+        for _ in 0..n {
+            st.faults.push_back(Fault {
+                status: 429,
+                retry_after: Some(secs),
+            });
+        }
+    }
+
+    /// The next `n` requests to `POST /oauth/v1/token` answer `status`
+    /// (429 with the rate-limit body, others with HubSpot's `Error` body).
+    pub fn token_endpoint_fail_next(&self, n: usize, status: u16) {
+        let status = sanitize_status(status);
+        let mut st = self.inner.state();
+        for _ in 0..n {
+            st.token_faults.push_back(Fault {
+                status,
+                retry_after: None,
+            });
+        }
+    }
+
+    /// Breaks one page of the (non-archived) list endpoint of `object_type`.
+    ///
+    /// Page `page_index` is the page starting at record index
+    /// `page_index * limit` (the `page_index`-th page of a walk with a constant
+    /// `limit`). Every time that page is served, the result at position
+    /// `min(3, len - 1)` has `"properties"` as a JSON string
+    /// (`"[object Object]"`) instead of an object: the body still parses as
+    /// JSON but violates the schema at `results[3].properties`.
+    pub fn malformed_page(&self, object_type: &str, page_index: usize) {
+        let name = self.inner.canonical(object_type);
+        self.inner.state().malformed.insert((name, page_index));
+    }
+
+    /// From page `at_page` on (counted as in [`HubSpotFake::malformed_page`]),
+    /// the list endpoint of `object_type` answers `paging.next.after` equal to
+    /// the cursor that requested the page, so a naive client loops forever.
+    pub fn repeat_cursor(&self, object_type: &str, at_page: usize) {
+        let name = self.inner.canonical(object_type);
+        let mut st = self.inner.state();
+        let entry = st.repeat.entry(name).or_insert(at_page);
+        *entry = (*entry).min(at_page);
+    }
+
+    /// Clears injected faults, malformed pages and repeating cursors.
+    pub fn clear_faults(&self) {
+        let mut st = self.inner.state();
+        st.faults.clear();
+        st.token_faults.clear();
+        st.malformed.clear();
+        st.repeat.clear();
+    }
+
+    /// Sets the delay added to every response.
+    pub fn set_latency(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.inner
+            .latency_nanos
+            .store(nanos, AtomicOrdering::Relaxed);
+    }
+
+    /// Sets (or removes) the burst limit for CRM calls.
+    pub fn set_rate_limit(&self, limit: Option<FakeRateLimit>) {
+        self.inner.state().rate_limit = limit;
+    }
+
+    /// Sets (or removes) the limit for search calls.
+    pub fn set_search_rate_limit(&self, limit: Option<FakeRateLimit>) {
+        self.inner.state().search_rate_limit = limit;
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FakeStats {
+        let i = &self.inner;
+        let per_path = i.state().per_path.clone();
+        FakeStats {
+            requests: i.requests.load(AtomicOrdering::Relaxed),
+            rate_limited: i.rate_limited.load(AtomicOrdering::Relaxed),
+            token_refreshes: i.token_refreshes.load(AtomicOrdering::Relaxed),
+            code_exchanges: i.code_exchanges.load(AtomicOrdering::Relaxed),
+            token_requests: i.token_requests.load(AtomicOrdering::Relaxed),
+            max_in_window: i.max_in_window.load(AtomicOrdering::Relaxed),
+            per_path,
+        }
+    }
+
+    /// Resets every counter of [`HubSpotFake::stats`] to zero (rate-limit
+    /// windows are kept).
+    pub fn reset_stats(&self) {
+        let i = &self.inner;
+        for c in [
+            &i.requests,
+            &i.rate_limited,
+            &i.token_refreshes,
+            &i.code_exchanges,
+            &i.token_requests,
+        ] {
+            c.store(0, AtomicOrdering::Relaxed);
+        }
+        i.max_in_window.store(0, AtomicOrdering::Relaxed);
+        i.state().per_path.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Constants and small helpers
+// ---------------------------------------------------------------------------
+
+const ACTIVE_ID_BASE: u64 = 1000;
+const ARCHIVED_ID_BASE: u64 = 900_000_000;
+const OWNER_ID_BASE: u64 = 60_000_000;
+const ARCHIVED_OWNER_ID_BASE: u64 = 69_000_000;
+const OWNER_USER_ID_BASE: u64 = 9_100_000;
+const DAY_MS: i64 = 86_400_000;
+/// 2015-01-01T00:00:00Z.
+const BASE_MS: i64 = 1_420_070_400_000;
+/// Distance between the creation times of consecutive records.
+const STEP_MS: i64 = 300_000;
+/// Largest gap between creation and last modification.
+const MAX_LAG_MS: i64 = 90 * DAY_MS;
+/// `updatedAt - createdAt < UPDATE_SPAN_MS` for every record.
+const UPDATE_SPAN_MS: i64 = MAX_LAG_MS + 60_000;
+/// HubSpot search returns at most this many results per query.
+const SEARCH_CAP: usize = 10_000;
+const LIST_MAX_LIMIT: i64 = 100;
+const OWNERS_MAX_LIMIT: i64 = 500;
+const SEARCH_MAX_LIMIT: i64 = 200;
+const PROPERTIES_MAX_QUERY_BYTES: usize = 7000;
+const JSON_MIME: &str = "application/json;charset=utf-8";
+const DEFINITIONS_CREATED: &str = "2019-08-06T02:41:52.107Z";
+const CUSTOM_DEFINITIONS_CREATED: &str = "2023-05-10T12:00:00.000Z";
+const EPOCH_ISO: &str = "1970-01-01T00:00:00Z";
+const PIPELINE_CREATED: &str = "2021-03-15T09:30:00.000Z";
+const AUTH_MESSAGE: &str = "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview";
+
+const fn fnv1a(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+const K_CREATED: u64 = fnv1a("@created");
+const K_UPDATED: u64 = fnv1a("@updated");
+const K_ARCHIVED: u64 = fnv1a("@archived");
+const K_FIRST: u64 = fnv1a("@firstname");
+const K_LAST: u64 = fnv1a("@lastname");
+const K_COMPANY: u64 = fnv1a("@company");
+const K_LOCATION: u64 = fnv1a("@location");
+const K_PIPELINE: u64 = fnv1a("@pipeline");
+const K_STAGE: u64 = fnv1a("@stage");
+
+/// SplitMix64 finalizer: a fast, well-mixed deterministic hash.
+fn mix(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn pick<T: Copy>(items: &[T], h: u64) -> T {
+    items[(h % items.len() as u64) as usize]
+}
+
+fn sanitize_status(status: u16) -> u16 {
+    if (100..=999).contains(&status) {
+        status
+    } else {
+        500
+    }
+}
+
+fn correlation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn default_scopes() -> Vec<String> {
+    [
+        "oauth",
+        "crm.objects.contacts.read",
+        "crm.objects.companies.read",
+        "crm.objects.deals.read",
+        "crm.objects.owners.read",
+        "crm.schemas.contacts.read",
+        "tickets",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect()
+}
+
+fn new_access_token() -> String {
+    format!(
+        "CO{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn new_refresh_token() -> String {
+    format!("na1-{}", uuid::Uuid::new_v4())
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        // `b` is ASCII, so `i` is a char boundary.
+        out.push_str(&s[start..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends `ms` as `2024-03-01T10:00:00.123Z`.
+fn push_iso(out: &mut String, ms: i64) {
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(dt) => {
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                dt.year(),
+                dt.month(),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.timestamp_subsec_millis()
+            );
+        }
+        None => out.push_str(EPOCH_ISO),
+    }
+}
+
+fn iso(ms: i64) -> String {
+    let mut s = String::with_capacity(24);
+    push_iso(&mut s, ms);
+    s
+}
+
+/// Appends the UTC date of `ms` as `2024-03-01`.
+fn push_date(out: &mut String, ms: i64) {
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(dt) => {
+            let _ = write!(out, "{:04}-{:02}-{:02}", dt.year(), dt.month(), dt.day());
+        }
+        None => out.push_str("1970-01-01"),
+    }
+}
+
+/// Parses epoch milliseconds, RFC 3339 or a `YYYY-MM-DD` date.
+fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp_millis());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc().timestamp_millis())
+}
+
+fn encode_cursor(id: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(id.to_string())
+}
+
+/// Accepts the fake's opaque cursors and plain numeric ids (HubSpot's own
+/// cursors for objects are often plain ids).
+fn decode_cursor(after: &str) -> Option<u64> {
+    let after = after.trim();
+    if !after.is_empty() && after.bytes().all(|b| b.is_ascii_digit()) {
+        return after.parse().ok();
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(after)
+        .ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+}
+
+fn ascii_slug(out: &mut String, s: &str) {
+    for c in s.chars() {
+        let c = match c {
+            'ä' | 'á' | 'à' | 'ã' | 'â' => 'a',
+            'é' | 'è' | 'ê' | 'ë' | 'ễ' => 'e',
+            'ö' | 'ó' | 'ô' => 'o',
+            'ü' | 'ú' => 'u',
+            'í' | 'î' => 'i',
+            'ç' => 'c',
+            'ñ' => 'n',
+            'ø' => 'o',
+            other => other,
+        };
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Generated data
+// ---------------------------------------------------------------------------
+
+const FIRST_NAMES: &[&str] = &[
+    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Radia", "Tim",
+    "Frances", "Edsger", "Sophie", "Zoë", "José", "Chloé", "Björn", "Aisha", "Wei", "Priya",
+    "Liam", "Olivia", "Noah", "Emma", "Mateo", "Amara", "Kenji", "Fatima", "Lars", "Inês",
+];
+const LAST_NAMES: &[&str] = &[
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Perlman",
+    "Berners-Lee",
+    "Allen",
+    "Dijkstra",
+    "Wilson",
+    "O'Brien",
+    "Müller",
+    "García",
+    "Nguyễn",
+    "Kowalski",
+    "Okafor",
+    "Tanaka",
+    "Singh",
+    "Smith",
+    "Johnson",
+    "Dubois",
+    "Rossi",
+    "Larsen",
+    "Haddad",
+    "Costa",
+    "Schmidt",
+    "Kim",
+];
+const COMPANY_A: &[&str] = &[
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Stark",
+    "Wayne",
+    "Wonka",
+    "Cyberdyne",
+    "Soylent",
+    "Tyrell",
+    "Aperture",
+    "Massive",
+    "Pied Piper",
+    "Oscorp",
+];
+const COMPANY_B: &[&str] = &[
+    "Analytics",
+    "Industries",
+    "Labs",
+    "Systems",
+    "Logistics",
+    "Foods",
+    "Health",
+    "Media",
+    "Robotics",
+    "Capital",
+    "Software",
+    "Energy",
+];
+const LOCATIONS: &[(&str, &str, &str)] = &[
+    ("Boston", "MA", "United States"),
+    ("Cambridge", "MA", "United States"),
+    ("San Francisco", "CA", "United States"),
+    ("Austin", "TX", "United States"),
+    ("New York", "NY", "United States"),
+    ("Toronto", "ON", "Canada"),
+    ("Dublin", "Dublin", "Ireland"),
+    ("Berlin", "Berlin", "Germany"),
+    ("São Paulo", "SP", "Brazil"),
+    ("Tokyo", "Tokyo", "Japan"),
+    ("Sydney", "NSW", "Australia"),
+    ("London", "England", "United Kingdom"),
+    ("Paris", "Île-de-France", "France"),
+    ("Bengaluru", "Karnataka", "India"),
+    ("Zürich", "Zürich", "Switzerland"),
+];
+const JOB_TITLES: &[&str] = &[
+    "CEO",
+    "CTO",
+    "VP Marketing",
+    "Marketing Manager",
+    "Sales Director",
+    "Account Executive",
+    "Data Engineer",
+    "Software Engineer",
+    "Head of Growth",
+    "Operations Lead",
+    "Customer Success Manager",
+    "Product Manager",
+];
+const EMAIL_DOMAINS: &[&str] = &[
+    "example.com",
+    "example.org",
+    "example.net",
+    "mail.example.com",
+];
+const AREA_CODES: &[u32] = &[617, 415, 212, 512, 206, 312, 303, 404];
+const PRODUCTS: &[&str] = &[
+    "Annual subscription",
+    "Onboarding package",
+    "Enterprise licence",
+    "Renewal",
+    "Add-on seats",
+    "Consulting",
+];
+const SUBJECTS: &[&str] = &[
+    "Cannot log in",
+    "Invoice question",
+    "Feature request: export",
+    "Bug: sync stalls",
+    "Password reset",
+    "Data import failed",
+    "Billing address change",
+    "API rate limit question",
+];
+const WORDS: &[&str] = &[
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+    "et",
+    "dolore",
+    "magna",
+    "aliqua",
+    "enim",
+    "minim",
+    "veniam",
+    "quis",
+    "nostrud",
+    "exercitation",
+    "ullamco",
+    "laboris",
+    "nisi",
+    "aliquip",
+    "commodo",
+];
+const LIFECYCLE_STAGES: &[(&str, &str)] = &[
+    ("Subscriber", "subscriber"),
+    ("Lead", "lead"),
+    ("Marketing Qualified Lead", "marketingqualifiedlead"),
+    ("Sales Qualified Lead", "salesqualifiedlead"),
+    ("Opportunity", "opportunity"),
+    ("Customer", "customer"),
+    ("Evangelist", "evangelist"),
+    ("Other", "other"),
+];
+const LEAD_STATUSES: &[(&str, &str)] = &[
+    ("New", "NEW"),
+    ("Open", "OPEN"),
+    ("In Progress", "IN_PROGRESS"),
+    ("Open Deal", "OPEN_DEAL"),
+    ("Unqualified", "UNQUALIFIED"),
+    ("Attempted to Contact", "ATTEMPTED_TO_CONTACT"),
+    ("Connected", "CONNECTED"),
+    ("Bad Timing", "BAD_TIMING"),
+];
+const INDUSTRIES: &[(&str, &str)] = &[
+    ("Accounting", "ACCOUNTING"),
+    ("Airlines/Aviation", "AIRLINES_AVIATION"),
+    ("Computer Software", "COMPUTER_SOFTWARE"),
+    ("Financial Services", "FINANCIAL_SERVICES"),
+    ("Hospital & Health Care", "HOSPITAL_HEALTH_CARE"),
+    ("Marketing and Advertising", "MARKETING_AND_ADVERTISING"),
+    ("Retail", "RETAIL"),
+    ("Telecommunications", "TELECOMMUNICATIONS"),
+];
+const PRIORITIES: &[(&str, &str)] = &[
+    ("Low", "LOW"),
+    ("Medium", "MEDIUM"),
+    ("High", "HIGH"),
+    ("Urgent", "URGENT"),
+];
+const BOOL_OPTIONS: &[(&str, &str)] = &[("Yes", "true"), ("No", "false")];
+const COLOR_OPTIONS: &[(&str, &str)] = &[
+    ("Red", "red"),
+    ("Green", "green"),
+    ("Blue", "blue"),
+    ("Yellow", "yellow"),
+];
+const TIER_OPTIONS: &[(&str, &str)] = &[
+    ("Bronze", "bronze"),
+    ("Silver", "silver"),
+    ("Gold", "gold"),
+    ("Platinum", "platinum"),
+];
+const TEAMS: &[(&str, &str)] = &[
+    ("178588", "West Coast Sales"),
+    ("178590", "California Sales"),
+    ("178592", "Support"),
+];
+
+#[derive(Clone, Copy)]
+struct StageDef {
+    id: &'static str,
+    label: &'static str,
+    metadata: &'static [(&'static str, &'static str)],
+}
+
+struct PipelineDef {
+    id: &'static str,
+    label: &'static str,
+    /// HubSpot's default pipelines report `createdAt` = 0.
+    is_default: bool,
+    stages: &'static [StageDef],
+}
+
+const DEAL_PIPELINES: &[PipelineDef] = &[
+    PipelineDef {
+        id: "default",
+        label: "Sales Pipeline",
+        is_default: true,
+        stages: &[
+            StageDef {
+                id: "appointmentscheduled",
+                label: "Appointment Scheduled",
+                metadata: &[("isClosed", "false"), ("probability", "0.2")],
+            },
+            StageDef {
+                id: "qualifiedtobuy",
+                label: "Qualified To Buy",
+                metadata: &[("isClosed", "false"), ("probability", "0.4")],
+            },
+            StageDef {
+                id: "presentationscheduled",
+                label: "Presentation Scheduled",
+                metadata: &[("isClosed", "false"), ("probability", "0.6")],
+            },
+            StageDef {
+                id: "decisionmakerboughtin",
+                label: "Decision Maker Bought-In",
+                metadata: &[("isClosed", "false"), ("probability", "0.8")],
+            },
+            StageDef {
+                id: "contractsent",
+                label: "Contract Sent",
+                metadata: &[("isClosed", "false"), ("probability", "0.9")],
+            },
+            StageDef {
+                id: "closedwon",
+                label: "Closed Won",
+                metadata: &[("isClosed", "true"), ("probability", "1.0")],
+            },
+            StageDef {
+                id: "closedlost",
+                label: "Closed Lost",
+                metadata: &[("isClosed", "true"), ("probability", "0.0")],
+            },
+        ],
+    },
+    PipelineDef {
+        id: "1276549",
+        label: "Renewals",
+        is_default: false,
+        stages: &[
+            StageDef {
+                id: "1276550",
+                label: "Renewal Due",
+                metadata: &[("isClosed", "false"), ("probability", "0.5")],
+            },
+            StageDef {
+                id: "1276551",
+                label: "Renewed",
+                metadata: &[("isClosed", "true"), ("probability", "1.0")],
+            },
+            StageDef {
+                id: "1276552",
+                label: "Churned",
+                metadata: &[("isClosed", "true"), ("probability", "0.0")],
+            },
+        ],
+    },
+];
+
+const TICKET_PIPELINES: &[PipelineDef] = &[PipelineDef {
+    id: "0",
+    label: "Support Pipeline",
+    is_default: true,
+    stages: &[
+        StageDef {
+            id: "1",
+            label: "New",
+            metadata: &[("ticketState", "OPEN")],
+        },
+        StageDef {
+            id: "2",
+            label: "Waiting on contact",
+            metadata: &[("ticketState", "OPEN")],
+        },
+        StageDef {
+            id: "3",
+            label: "Waiting on us",
+            metadata: &[("ticketState", "OPEN")],
+        },
+        StageDef {
+            id: "4",
+            label: "Closed",
+            metadata: &[("ticketState", "CLOSED")],
+        },
+    ],
+}];
+
+fn pipelines_of(object_type: &str) -> &'static [PipelineDef] {
+    match object_type {
+        "deals" => DEAL_PIPELINES,
+        "tickets" => TICKET_PIPELINES,
+        _ => &[],
+    }
+}
+
+/// How a property's value is generated.
+#[derive(Debug, Clone, Copy)]
+enum Gen {
+    ObjectId,
+    CreateDate,
+    LastModified,
+    Email,
+    FirstName,
+    LastName,
+    Phone,
+    CompanyName,
+    Website,
+    Domain,
+    City,
+    State,
+    Country,
+    JobTitle,
+    Choice,
+    MultiChoice,
+    Int(u64, u64),
+    Money(u64),
+    Calc,
+    Bool,
+    Date,
+    DateTime,
+    DateAfterCreate,
+    Timestamp,
+    Text,
+    Body,
+    OwnerId,
+    DealName,
+    Subject,
+    DealPipeline,
+    DealStage,
+    TicketPipeline,
+    TicketStage,
+}
+
+/// How search compares a property's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Num,
+    Time,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+struct PropDef {
+    name: String,
+    label: String,
+    ptype: &'static str,
+    field_type: &'static str,
+    group: String,
+    description: String,
+    options: Vec<(String, String)>,
+    gen: Gen,
+    key: u64,
+    blankable: bool,
+    hubspot_defined: bool,
+    calculated: bool,
+    external_options: bool,
+    read_only_value: bool,
+}
+
+impl PropDef {
+    fn kind(&self) -> Kind {
+        match self.ptype {
+            "number" => Kind::Num,
+            "date" | "datetime" => Kind::Time,
+            _ => Kind::Text,
+        }
+    }
+}
+
+/// One generated record's identity and timestamps.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    id: u64,
+    h: u64,
+    created: i64,
+    updated: i64,
+    archived_at: Option<i64>,
+}
+
+#[derive(Debug)]
+struct TypeSchema {
+    name: String,
+    type_key: u64,
+    seed: ObjectSeed,
+    owners: usize,
+    props: Vec<PropDef>,
+    by_name: HashMap<String, usize>,
+    /// Properties returned when a request names none, sorted by name.
+    defaults: Vec<usize>,
+    /// String-like properties searched by a search `query`.
+    searchable: Vec<usize>,
+    last_modified: &'static str,
+    singular: String,
+}
+
+impl TypeSchema {
+    fn rec(&self, seed: u64, archived: bool, pos: usize) -> Rec {
+        let slot = if archived {
+            (1u64 << 48) | pos as u64
+        } else {
+            pos as u64
+        };
+        let h = mix(seed ^ self.type_key ^ mix(slot));
+        if archived {
+            let created = BASE_MS + (mix(h ^ K_CREATED) % (3650 * DAY_MS) as u64) as i64;
+            let updated = updated_after(created, h);
+            let archived_at = updated + 1_000 + (mix(h ^ K_ARCHIVED) % (30 * DAY_MS) as u64) as i64;
+            Rec {
+                id: ARCHIVED_ID_BASE + pos as u64,
+                h,
+                created,
+                updated,
+                archived_at: Some(archived_at),
+            }
+        } else {
+            let created =
+                BASE_MS + pos as i64 * STEP_MS + (mix(h ^ K_CREATED) % STEP_MS as u64) as i64;
+            Rec {
+                id: ACTIVE_ID_BASE + pos as u64,
+                h,
+                created,
+                updated: updated_after(created, h),
+                archived_at: None,
+            }
+        }
+    }
+
+    /// `(archived, position)` of a record id, if it exists.
+    fn locate(&self, id: u64) -> Option<(bool, usize)> {
+        if id >= ARCHIVED_ID_BASE {
+            let pos = usize::try_from(id - ARCHIVED_ID_BASE).ok()?;
+            (pos < self.seed.archived).then_some((true, pos))
+        } else if id >= ACTIVE_ID_BASE {
+            let pos = usize::try_from(id - ACTIVE_ID_BASE).ok()?;
+            (pos < self.seed.count).then_some((false, pos))
+        } else {
+            None
+        }
+    }
+
+    /// Property indices for requested names (unknown names ignored), sorted
+    /// by name; the default set when no names are given.
+    fn select<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let mut sel: Vec<usize> = Vec::new();
+        let mut any = false;
+        for name in names {
+            for part in name.split(',') {
+                let part = part.trim();
+                if part.is_empty() {
+                    continue;
+                }
+                any = true;
+                if let Some(&i) = self.by_name.get(part) {
+                    sel.push(i);
+                }
+            }
+        }
+        if !any {
+            return self.defaults.clone();
+        }
+        self.sort_dedup(sel)
+    }
+
+    /// Like `select`, but an empty request selects nothing.
+    fn select_exact<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let sel = names
+            .into_iter()
+            .flat_map(|n| n.split(','))
+            .filter_map(|n| self.by_name.get(n.trim()).copied())
+            .collect();
+        self.sort_dedup(sel)
+    }
+
+    fn sort_dedup(&self, mut sel: Vec<usize>) -> Vec<usize> {
+        sel.sort_by(|a, b| self.props[*a].name.cmp(&self.props[*b].name));
+        sel.dedup();
+        sel
+    }
+
+    fn all_sorted(&self) -> Vec<usize> {
+        self.sort_dedup((0..self.props.len()).collect())
+    }
+}
+
+fn updated_after(created: i64, h: u64) -> i64 {
+    let r = mix(h ^ K_UPDATED);
+    let lag = if r % 5 == 0 {
+        ((r >> 8) % 5_000) as i64
+    } else {
+        ((r >> 8) % MAX_LAG_MS as u64) as i64
+    };
+    let updated = created + lag;
+    if (r >> 4) % 10 < 3 {
+        // Rounded up to the minute: bulk updates share timestamps.
+        (updated + 59_999).div_euclid(60_000) * 60_000
+    } else {
+        updated
+    }
+}
+
+fn opts(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(l, v)| ((*l).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn stage_options(pipelines: &[PipelineDef]) -> Vec<(String, String)> {
+    pipelines
+        .iter()
+        .flat_map(|p| p.stages.iter())
+        .map(|s| (s.label.to_string(), s.id.to_string()))
+        .collect()
+}
+
+fn pipeline_options(pipelines: &[PipelineDef]) -> Vec<(String, String)> {
+    pipelines
+        .iter()
+        .map(|p| (p.label.to_string(), p.id.to_string()))
+        .collect()
+}
+
+struct SchemaBuilder {
+    props: Vec<PropDef>,
+    group: String,
+}
+
+impl SchemaBuilder {
+    fn add(
+        &mut self,
+        name: &str,
+        label: &str,
+        ptype: &'static str,
+        field_type: &'static str,
+        gen: Gen,
+    ) -> &mut PropDef {
+        let always = matches!(
+            gen,
+            Gen::ObjectId
+                | Gen::CreateDate
+                | Gen::LastModified
+                | Gen::DealPipeline
+                | Gen::DealStage
+                | Gen::TicketPipeline
+                | Gen::TicketStage
+                | Gen::Timestamp
+        );
+        let read_only = matches!(gen, Gen::ObjectId | Gen::CreateDate | Gen::LastModified);
+        self.props.push(PropDef {
+            name: name.to_string(),
+            label: label.to_string(),
+            ptype,
+            field_type,
+            group: self.group.clone(),
+            description: format!("{label} of the record."),
+            options: Vec::new(),
+            gen,
+            key: fnv1a(name),
+            blankable: !always,
+            hubspot_defined: true,
+            calculated: read_only,
+            external_options: false,
+            read_only_value: read_only,
+        });
+        let last = self.props.len() - 1;
+        &mut self.props[last]
+    }
+}
+
+fn build_schema(name: &str, seed: ObjectSeed, custom: usize, owners: usize) -> TypeSchema {
+    let (group, singular) = match name {
+        "contacts" => ("contactinformation".to_string(), "CONTACT".to_string()),
+        "companies" => ("companyinformation".to_string(), "COMPANY".to_string()),
+        "deals" => ("dealinformation".to_string(), "DEAL".to_string()),
+        "tickets" => ("ticketinformation".to_string(), "TICKET".to_string()),
+        other => (
+            format!("{}_information", other.trim_end_matches('s')),
+            other.trim_end_matches('s').to_ascii_uppercase(),
+        ),
+    };
+    let mut b = SchemaBuilder {
+        props: Vec::new(),
+        group,
+    };
+    let last_modified;
+    let default_names: &[&str];
+    match name {
+        "contacts" => {
+            last_modified = "lastmodifieddate";
+            default_names = &[
+                "createdate",
+                "email",
+                "firstname",
+                "hs_object_id",
+                "lastmodifieddate",
+                "lastname",
+            ];
+            b.add("email", "Email", "string", "text", Gen::Email);
+            b.add("firstname", "First Name", "string", "text", Gen::FirstName);
+            b.add("lastname", "Last Name", "string", "text", Gen::LastName);
+            b.add("phone", "Phone Number", "string", "phonenumber", Gen::Phone);
+            b.add(
+                "company",
+                "Company Name",
+                "string",
+                "text",
+                Gen::CompanyName,
+            );
+            b.add("website", "Website URL", "string", "text", Gen::Website);
+            b.add("city", "City", "string", "text", Gen::City);
+            b.add("state", "State/Region", "string", "text", Gen::State);
+            b.add("country", "Country/Region", "string", "text", Gen::Country);
+            b.add("jobtitle", "Job Title", "string", "text", Gen::JobTitle);
+            b.add(
+                "lifecyclestage",
+                "Lifecycle Stage",
+                "enumeration",
+                "radio",
+                Gen::Choice,
+            )
+            .options = opts(LIFECYCLE_STAGES);
+            b.add(
+                "hs_lead_status",
+                "Lead Status",
+                "enumeration",
+                "radio",
+                Gen::Choice,
+            )
+            .options = opts(LEAD_STATUSES);
+            b.add(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                Gen::CreateDate,
+            );
+            b.add(
+                "lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                Gen::LastModified,
+            );
+            b.add(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                Gen::ObjectId,
+            );
+            b.add(
+                "num_notes",
+                "Number of Sales Activities",
+                "number",
+                "number",
+                Gen::Int(0, 40),
+            )
+            .calculated = true;
+            b.add(
+                "hubspotscore",
+                "HubSpot Score",
+                "number",
+                "number",
+                Gen::Int(0, 100),
+            )
+            .calculated = true;
+            b.add(
+                "hs_email_optout",
+                "Unsubscribed from all email",
+                "bool",
+                "booleancheckbox",
+                Gen::Bool,
+            )
+            .options = opts(BOOL_OPTIONS);
+        }
+        "companies" => {
+            last_modified = "hs_lastmodifieddate";
+            default_names = &[
+                "createdate",
+                "domain",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "name",
+            ];
+            b.add("name", "Company name", "string", "text", Gen::CompanyName)
+                .blankable = false;
+            b.add(
+                "domain",
+                "Company Domain Name",
+                "string",
+                "text",
+                Gen::Domain,
+            );
+            b.add("industry", "Industry", "enumeration", "select", Gen::Choice)
+                .options = opts(INDUSTRIES);
+            b.add(
+                "numberofemployees",
+                "Number of Employees",
+                "number",
+                "number",
+                Gen::Int(1, 5000),
+            );
+            b.add(
+                "annualrevenue",
+                "Annual Revenue",
+                "number",
+                "number",
+                Gen::Money(50_000_000),
+            );
+            b.add("city", "City", "string", "text", Gen::City);
+            b.add(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                Gen::CreateDate,
+            );
+            b.add(
+                "hs_lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                Gen::LastModified,
+            );
+            b.add(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                Gen::ObjectId,
+            );
+        }
+        "deals" => {
+            last_modified = "hs_lastmodifieddate";
+            default_names = &[
+                "amount",
+                "closedate",
+                "createdate",
+                "dealname",
+                "dealstage",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "pipeline",
+            ];
+            b.add("dealname", "Deal Name", "string", "text", Gen::DealName)
+                .blankable = false;
+            b.add("amount", "Amount", "number", "number", Gen::Money(250_000));
+            b.add(
+                "dealstage",
+                "Deal Stage",
+                "enumeration",
+                "radio",
+                Gen::DealStage,
+            )
+            .options = stage_options(DEAL_PIPELINES);
+            b.add(
+                "pipeline",
+                "Pipeline",
+                "enumeration",
+                "select",
+                Gen::DealPipeline,
+            )
+            .options = pipeline_options(DEAL_PIPELINES);
+            b.add(
+                "closedate",
+                "Close Date",
+                "datetime",
+                "date",
+                Gen::DateAfterCreate,
+            );
+            b.add(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                Gen::CreateDate,
+            );
+            b.add(
+                "hs_lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                Gen::LastModified,
+            );
+            b.add(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                Gen::ObjectId,
+            );
+            b.add(
+                "hubspot_owner_id",
+                "Deal owner",
+                "enumeration",
+                "select",
+                Gen::OwnerId,
+            )
+            .external_options = true;
+        }
+        "tickets" => {
+            last_modified = "hs_lastmodifieddate";
+            default_names = &[
+                "content",
+                "createdate",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "hs_pipeline",
+                "hs_pipeline_stage",
+                "hs_ticket_priority",
+                "subject",
+            ];
+            b.add("subject", "Ticket name", "string", "text", Gen::Subject)
+                .blankable = false;
+            b.add(
+                "content",
+                "Ticket description",
+                "string",
+                "textarea",
+                Gen::Body,
+            );
+            b.add(
+                "hs_pipeline",
+                "Pipeline",
+                "enumeration",
+                "select",
+                Gen::TicketPipeline,
+            )
+            .options = pipeline_options(TICKET_PIPELINES);
+            b.add(
+                "hs_pipeline_stage",
+                "Ticket status",
+                "enumeration",
+                "select",
+                Gen::TicketStage,
+            )
+            .options = stage_options(TICKET_PIPELINES);
+            b.add(
+                "hs_ticket_priority",
+                "Priority",
+                "enumeration",
+                "select",
+                Gen::Choice,
+            )
+            .options = opts(PRIORITIES);
+            b.add(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                Gen::CreateDate,
+            );
+            b.add(
+                "hs_lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                Gen::LastModified,
+            );
+            b.add(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                Gen::ObjectId,
+            );
+        }
+        _ => {
+            last_modified = "hs_lastmodifieddate";
+            default_names = &["createdate", "hs_lastmodifieddate", "hs_object_id"];
+            b.add(
+                "hs_timestamp",
+                "Activity date",
+                "datetime",
+                "date",
+                Gen::Timestamp,
+            );
+            b.add(
+                "hs_body_preview",
+                "Body preview",
+                "string",
+                "textarea",
+                Gen::Body,
+            );
+            b.add(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                Gen::CreateDate,
+            );
+            b.add(
+                "hs_lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                Gen::LastModified,
+            );
+            b.add(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                Gen::ObjectId,
+            );
+        }
+    }
+    b.group = "headwater_fake".to_string();
+    for c in 0..custom {
+        let pname = format!("custom_prop_{c}");
+        let label = format!("Custom prop {c}");
+        let def = match c % 11 {
+            0 => b.add(&pname, &label, "date", "date", Gen::Date),
+            1 => {
+                let d = b.add(&pname, &label, "bool", "booleancheckbox", Gen::Bool);
+                d.options = opts(BOOL_OPTIONS);
+                d
+            }
+            2 => b.add(&pname, &label, "phone_number", "phonenumber", Gen::Phone),
+            3 => {
+                let d = b.add(&pname, &label, "enumeration", "checkbox", Gen::MultiChoice);
+                d.options = opts(COLOR_OPTIONS);
+                d
+            }
+            4 => {
+                let d = b.add(&pname, &label, "number", "calculation_equation", Gen::Calc);
+                d.calculated = true;
+                d.read_only_value = true;
+                d
+            }
+            5 => b.add(&pname, &label, "string", "textarea", Gen::Body),
+            6 => b.add(&pname, &label, "datetime", "date", Gen::DateTime),
+            7 => {
+                let d = b.add(&pname, &label, "enumeration", "radio", Gen::Choice);
+                d.options = opts(TIER_OPTIONS);
+                d
+            }
+            8 => b.add(&pname, &label, "string", "text", Gen::Text),
+            9 => b.add(&pname, &label, "number", "number", Gen::Money(10_000)),
+            _ => {
+                let d = b.add(&pname, &label, "enumeration", "select", Gen::Choice);
+                d.options = opts(TIER_OPTIONS);
+                d
+            }
+        };
+        def.hubspot_defined = false;
+        def.description = format!("Custom property {c} created by the headwater fake.");
+    }
+    let props = b.props;
+    let by_name: HashMap<String, usize> = props
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), i))
+        .collect();
+    let searchable = props
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.hubspot_defined && p.ptype == "string")
+        .map(|(i, _)| i)
+        .collect();
+    let mut schema = TypeSchema {
+        name: name.to_string(),
+        type_key: mix(fnv1a(name)),
+        seed,
+        owners,
+        props,
+        by_name,
+        defaults: Vec::new(),
+        searchable,
+        last_modified,
+        singular,
+    };
+    schema.defaults = schema.select_exact(default_names.iter().copied());
+    schema
+}
+
+/// Appends the raw value of `def` for `rec` to `out`; false means `null`.
+fn gen_value(schema: &TypeSchema, def: &PropDef, rec: &Rec, out: &mut String) -> bool {
+    let h = mix(rec.h ^ def.key);
+    if def.blankable {
+        match h % 100 {
+            0..=5 => return false,
+            6..=8 => return true,
+            _ => {}
+        }
+    }
+    let r = mix(h);
+    match def.gen {
+        Gen::ObjectId => {
+            let _ = write!(out, "{}", rec.id);
+        }
+        Gen::CreateDate => push_iso(out, rec.created),
+        Gen::LastModified => push_iso(out, rec.updated),
+        Gen::Email => {
+            let first = pick(FIRST_NAMES, mix(mix(rec.h ^ K_FIRST)));
+            let last = pick(LAST_NAMES, mix(mix(rec.h ^ K_LAST)));
+            ascii_slug(out, first);
+            out.push('.');
+            ascii_slug(out, last);
+            let _ = write!(out, "{}@{}", rec.id, pick(EMAIL_DOMAINS, r));
+        }
+        Gen::FirstName => out.push_str(pick(FIRST_NAMES, mix(mix(rec.h ^ K_FIRST)))),
+        Gen::LastName => out.push_str(pick(LAST_NAMES, mix(mix(rec.h ^ K_LAST)))),
+        Gen::Phone => {
+            let _ = write!(
+                out,
+                "+1 {}-555-{:04}",
+                pick(AREA_CODES, r),
+                (r >> 16) % 10_000
+            );
+        }
+        Gen::CompanyName => push_company(out, rec),
+        Gen::Website => {
+            out.push_str("https://www.");
+            push_domain(out, rec);
+        }
+        Gen::Domain => push_domain(out, rec),
+        Gen::City => out.push_str(pick(LOCATIONS, mix(rec.h ^ K_LOCATION)).0),
+        Gen::State => out.push_str(pick(LOCATIONS, mix(rec.h ^ K_LOCATION)).1),
+        Gen::Country => out.push_str(pick(LOCATIONS, mix(rec.h ^ K_LOCATION)).2),
+        Gen::JobTitle => out.push_str(pick(JOB_TITLES, r)),
+        Gen::Choice => match def.options.len() {
+            0 => return false,
+            n => out.push_str(&def.options[(r % n as u64) as usize].1),
+        },
+        Gen::MultiChoice => {
+            let mask = 1 + r % 15;
+            let mut first = true;
+            for (i, (_, value)) in def.options.iter().enumerate().take(4) {
+                if mask & (1 << i) != 0 {
+                    if !first {
+                        out.push(';');
+                    }
+                    out.push_str(value);
+                    first = false;
+                }
+            }
+        }
+        Gen::Int(lo, hi) => {
+            let _ = write!(out, "{}", lo + r % (hi - lo + 1));
+        }
+        Gen::Money(max) => {
+            let cents = r % (max * 100);
+            let (whole, frac) = (cents / 100, cents % 100);
+            let _ = match (frac, frac % 10) {
+                (0, _) => write!(out, "{whole}"),
+                (_, 0) => write!(out, "{whole}.{}", frac / 10),
+                _ => write!(out, "{whole}.{frac:02}"),
+            };
+        }
+        Gen::Calc => {
+            let _ = write!(out, "{}", (rec.id % 97) as f64 * 1.5);
+        }
+        Gen::Bool => out.push_str(if r % 3 == 0 { "true" } else { "false" }),
+        Gen::Date => push_date(out, BASE_MS + (r % 3650) as i64 * DAY_MS),
+        Gen::DateTime => push_iso(out, BASE_MS + (r % (3650 * DAY_MS) as u64) as i64),
+        Gen::DateAfterCreate => push_iso(out, rec.created + (r % (180 * DAY_MS) as u64) as i64),
+        Gen::Timestamp => push_iso(out, rec.created - (r % DAY_MS as u64) as i64),
+        Gen::Text => {
+            let n = 1 + r % 4;
+            let mut x = r;
+            for w in 0..n {
+                x = mix(x);
+                if w > 0 {
+                    out.push(' ');
+                }
+                out.push_str(pick(WORDS, x));
+            }
+        }
+        Gen::Body => push_body(out, r),
+        Gen::OwnerId => {
+            if schema.owners == 0 {
+                return false;
+            }
+            let _ = write!(out, "{}", OWNER_ID_BASE + r % schema.owners as u64);
+        }
+        Gen::DealName => {
+            push_company(out, rec);
+            out.push_str(" - ");
+            out.push_str(pick(PRODUCTS, r));
+        }
+        Gen::Subject => out.push_str(pick(SUBJECTS, r)),
+        Gen::DealPipeline => out.push_str(deal_pipeline(rec).id),
+        Gen::DealStage => {
+            let p = deal_pipeline(rec);
+            out.push_str(pick(p.stages, mix(rec.h ^ K_STAGE)).id);
+        }
+        Gen::TicketPipeline => out.push_str(TICKET_PIPELINES[0].id),
+        Gen::TicketStage => out.push_str(pick(TICKET_PIPELINES[0].stages, mix(rec.h ^ K_STAGE)).id),
+    }
+    true
+}
+
+fn deal_pipeline(rec: &Rec) -> &'static PipelineDef {
+    if mix(rec.h ^ K_PIPELINE) % 5 == 4 {
+        &DEAL_PIPELINES[1]
+    } else {
+        &DEAL_PIPELINES[0]
+    }
+}
+
+fn push_company(out: &mut String, rec: &Rec) {
+    let h = mix(rec.h ^ K_COMPANY);
+    out.push_str(pick(COMPANY_A, h));
+    out.push(' ');
+    out.push_str(pick(COMPANY_B, h >> 16));
+}
+
+fn push_domain(out: &mut String, rec: &Rec) {
+    let h = mix(rec.h ^ K_COMPANY);
+    ascii_slug(out, pick(COMPANY_A, h));
+    ascii_slug(out, pick(COMPANY_B, h >> 16));
+    out.push_str(".example.com");
+}
+
+fn push_body(out: &mut String, r: u64) {
+    let n = 4 + r % 14;
+    let mut x = r;
+    for w in 0..n {
+        x = mix(x);
+        if w > 0 {
+            out.push(' ');
+        }
+        out.push_str(pick(WORDS, x));
+    }
+    match (r >> 20) % 10 {
+        0 => out.push_str(" \"quoted\" text."),
+        1 => out.push_str(".\nSecond line\tindented."),
+        2 => out.push_str(" ✓ résumé naïve 🚀."),
+        3 => out.push_str(" C:\\path\\file."),
+        _ => out.push('.'),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server state
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    status: u16,
+    retry_after: Option<u64>,
+}
+
+#[derive(Debug)]
+struct AccessToken {
+    expires_at: Instant,
+    scopes: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    rate_limit: Option<FakeRateLimit>,
+    search_rate_limit: Option<FakeRateLimit>,
+    windows: HashMap<String, VecDeque<Instant>>,
+    search_windows: HashMap<String, VecDeque<Instant>>,
+    daily: HashMap<String, u64>,
+    access: HashMap<String, AccessToken>,
+    refresh: HashMap<String, Vec<String>>,
+    codes: HashMap<String, Vec<String>>,
+    faults: VecDeque<Fault>,
+    token_faults: VecDeque<Fault>,
+    malformed: HashSet<(String, usize)>,
+    repeat: HashMap<String, usize>,
+    per_path: BTreeMap<String, u64>,
+}
+
+/// Cached result of one search query: the first matches in sort order.
+struct SearchHits {
+    total: usize,
+    top: Vec<usize>,
+}
+
+struct Inner {
+    uri: String,
+    cfg: FakeConfig,
+    schemas: HashMap<String, Arc<TypeSchema>>,
+    state: Mutex<State>,
+    search_cache: Mutex<VecDeque<(String, Arc<SearchHits>)>>,
+    latency_nanos: AtomicU64,
+    requests: AtomicU64,
+    rate_limited: AtomicU64,
+    token_refreshes: AtomicU64,
+    code_exchanges: AtomicU64,
+    token_requests: AtomicU64,
+    max_in_window: AtomicU32,
+}
+
+struct Responder(Arc<Inner>);
+
+impl Respond for Responder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        self.0.handle(request)
+    }
+}
+
+/// A response under construction.
+struct Reply {
+    status: u16,
+    body: Option<String>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, body: String) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
+    }
+
+    fn value(status: u16, value: &Value) -> Self {
+        Self::json(status, value.to_string())
+    }
+
+    fn empty(status: u16) -> Self {
+        Self {
+            status,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Policy {
+    TenSecondly,
+    Secondly,
+    Daily,
+}
+
+/// Identity of the caller, for rate limiting.
+struct Caller {
+    key: String,
+    private_app: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    List(&'a str),
+    Get(&'a str),
+    BatchRead(&'a str),
+    Search(&'a str),
+    Properties(&'a str),
+    Property(&'a str, &'a str),
+    Owners,
+    Owner(&'a str),
+    Pipelines(&'a str),
+    Pipeline(&'a str, &'a str),
+    PipelineStages(&'a str, &'a str),
+    Token,
+    AccessTokenInfo(&'a str),
+    RefreshTokenInfo(&'a str),
+    RefreshTokenDelete(&'a str),
+    AccountDetails,
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    fn parse(method: &str, segs: &[&'a str]) -> Route<'a> {
+        match (method, segs) {
+            ("GET", ["crm", "v3", "objects", t]) => Route::List(t),
+            ("GET", ["crm", "v3", "objects", t, _id]) => Route::Get(t),
+            ("POST", ["crm", "v3", "objects", t, "batch", "read"]) => Route::BatchRead(t),
+            ("POST", ["crm", "v3", "objects", t, "search"]) => Route::Search(t),
+            ("GET", ["crm", "v3", "properties", t]) => Route::Properties(t),
+            ("GET", ["crm", "v3", "properties", t, name]) => Route::Property(t, name),
+            ("GET", ["crm", "v3", "owners"]) => Route::Owners,
+            ("GET", ["crm", "v3", "owners", id]) => Route::Owner(id),
+            ("GET", ["crm", "v3", "pipelines", t]) => Route::Pipelines(t),
+            ("GET", ["crm", "v3", "pipelines", t, id]) => Route::Pipeline(t, id),
+            ("GET", ["crm", "v3", "pipelines", t, id, "stages"]) => Route::PipelineStages(t, id),
+            ("POST", ["oauth", "v1", "token"]) => Route::Token,
+            ("GET", ["oauth", "v1", "access-tokens", tok]) => Route::AccessTokenInfo(tok),
+            ("GET", ["oauth", "v1", "refresh-tokens", tok]) => Route::RefreshTokenInfo(tok),
+            ("DELETE", ["oauth", "v1", "refresh-tokens", tok]) => Route::RefreshTokenDelete(tok),
+            ("GET", ["account-info", "v3", "details"]) => Route::AccountDetails,
+            _ => Route::NotFound,
+        }
+    }
+
+    fn label(&self, method: &str, path: &str) -> String {
+        match self {
+            Route::List(t) => format!("GET /crm/v3/objects/{t}"),
+            Route::Get(t) => format!("GET /crm/v3/objects/{t}/{{id}}"),
+            Route::BatchRead(t) => format!("POST /crm/v3/objects/{t}/batch/read"),
+            Route::Search(t) => format!("POST /crm/v3/objects/{t}/search"),
+            Route::Properties(t) => format!("GET /crm/v3/properties/{t}"),
+            Route::Property(t, _) => format!("GET /crm/v3/properties/{t}/{{name}}"),
+            Route::Owners => "GET /crm/v3/owners".to_string(),
+            Route::Owner(_) => "GET /crm/v3/owners/{id}".to_string(),
+            Route::Pipelines(t) => format!("GET /crm/v3/pipelines/{t}"),
+            Route::Pipeline(t, _) => format!("GET /crm/v3/pipelines/{t}/{{id}}"),
+            Route::PipelineStages(t, _) => format!("GET /crm/v3/pipelines/{t}/{{id}}/stages"),
+            Route::Token => "POST /oauth/v1/token".to_string(),
+            Route::AccessTokenInfo(_) => "GET /oauth/v1/access-tokens/{token}".to_string(),
+            Route::RefreshTokenInfo(_) => "GET /oauth/v1/refresh-tokens/{token}".to_string(),
+            Route::RefreshTokenDelete(_) => "DELETE /oauth/v1/refresh-tokens/{token}".to_string(),
+            Route::AccountDetails => "GET /account-info/v3/details".to_string(),
+            Route::NotFound => format!("{method} {path}"),
+        }
+    }
+}
+
+/// Query parameters of a request, decoded.
+struct Query<'a> {
+    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> Query<'a> {
+    fn new(url: &'a Url) -> Self {
+        Self {
+            pairs: url.query_pairs().collect(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// Total raw (still percent-encoded) length of the `properties` query values.
+fn raw_properties_len(url: &Url) -> usize {
+    url.query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .filter(|(k, _)| *k == "properties")
+                .map(|(_, v)| v.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn prune(window: &mut VecDeque<Instant>, now: Instant, limit: FakeRateLimit) {
+    if let Some(cut) = now.checked_sub(limit.window) {
+        while window.front().is_some_and(|t| *t <= cut) {
+            window.pop_front();
+        }
+    }
+    while window.len() > limit.max as usize {
+        window.pop_front();
+    }
+}
+
+impl Inner {
+    fn new(cfg: FakeConfig, uri: String) -> Self {
+        let schemas = cfg
+            .objects
+            .iter()
+            .map(|(name, seed)| {
+                let name = name.to_ascii_lowercase();
+                let schema = build_schema(&name, *seed, cfg.custom_properties, cfg.owners);
+                (name, Arc::new(schema))
+            })
+            .collect();
+        let state = State {
+            rate_limit: cfg.rate_limit,
+            search_rate_limit: cfg.search_rate_limit,
+            ..State::default()
+        };
+        let latency = u64::try_from(cfg.latency.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            uri,
+            schemas,
+            state: Mutex::new(state),
+            search_cache: Mutex::new(VecDeque::new()),
+            latency_nanos: AtomicU64::new(latency),
+            requests: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            token_refreshes: AtomicU64::new(0),
+            code_exchanges: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            max_in_window: AtomicU32::new(0),
+            cfg,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_nanos.load(AtomicOrdering::Relaxed))
+    }
+
+    fn canonical(&self, object_type: &str) -> String {
+        let lower = object_type.to_ascii_lowercase();
+        let alias = match lower.as_str() {
+            "contact" | "0-1" => "contacts",
+            "company" | "0-2" => "companies",
+            "deal" | "0-3" => "deals",
+            "ticket" | "0-5" => "tickets",
+            "call" | "0-48" => "calls",
+            "note" | "0-46" => "notes",
+            "email" | "0-49" => "emails",
+            "meeting" | "0-47" => "meetings",
+            "task" | "0-27" => "tasks",
+            _ => return lower,
+        };
+        alias.to_string()
+    }
+
+    fn resolve(&self, object_type: &str) -> Option<&Arc<TypeSchema>> {
+        self.schemas
+            .get(object_type)
+            .or_else(|| self.schemas.get(&self.canonical(object_type)))
+    }
+
+    fn record_value(&self, schema: &TypeSchema, archived: bool, pos: usize) -> Value {
+        let rec = schema.rec(self.cfg.seed, archived, pos);
+        let mut w = RecordWriter::new(self, schema, schema.all_sorted(), Vec::new());
+        let mut out = String::new();
+        w.write(&mut out, &rec, false);
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    // ----- errors -----
+
+    fn error(&self, status: u16, category: &str, message: &str) -> Reply {
+        Reply::value(
+            status,
+            &json!({
+                "status": "error",
+                "message": message,
+                "correlationId": correlation_id(),
+                "category": category,
+            }),
+        )
+    }
+
+    fn bad_request(&self, message: &str) -> Reply {
+        self.error(400, "VALIDATION_ERROR", message)
+    }
+
+    fn invalid_json(&self, err: &serde_json::Error) -> Reply {
+        self.bad_request(&format!(
+            "Invalid input JSON on line {}, column {}: {err}",
+            err.line(),
+            err.column()
+        ))
+    }
+
+    fn unknown_type(&self, object_type: &str) -> Reply {
+        Reply::value(
+            400,
+            &json!({
+                "status": "error",
+                "message": format!("Unable to infer object type from: {object_type}"),
+                "correlationId": correlation_id(),
+                "context": {"objectType": [object_type]},
+                "category": "VALIDATION_ERROR",
+            }),
+        )
+    }
+
+    fn not_found(&self) -> Reply {
+        self.error(404, "OBJECT_NOT_FOUND", "resource not found")
+    }
+
+    fn oauth_error(&self, category: &str, message: &str) -> Reply {
+        Reply::value(
+            400,
+            &json!({
+                "status": category,
+                "message": message,
+                "correlationId": correlation_id(),
+                "category": category,
+            }),
+        )
+    }
+
+    fn rate_limited_reply(&self, policy: Policy, caller_private: bool) -> Reply {
+        self.rate_limited.fetch_add(1, AtomicOrdering::Relaxed);
+        let hub = self.cfg.hub_id;
+        let (message, policy_name, group) = match policy {
+            Policy::TenSecondly => (
+                "You have reached your ten_secondly_rolling limit.",
+                "TEN_SECONDLY_ROLLING",
+                if caller_private {
+                    format!("api-calls-private-app:{hub}")
+                } else {
+                    format!("api-calls-oauth:{}:{hub}", self.cfg.app_id)
+                },
+            ),
+            Policy::Secondly => (
+                "You have reached your secondly limit.",
+                "SECONDLY",
+                format!("publicapi:crm-search:{hub}"),
+            ),
+            Policy::Daily => (
+                "You have reached your daily limit.",
+                "DAILY",
+                format!("api-calls-daily:{hub}"),
+            ),
+        };
+        Reply::value(
+            429,
+            &json!({
+                "status": "error",
+                "message": message,
+                "errorType": "RATE_LIMIT",
+                "correlationId": correlation_id(),
+                "policyName": policy_name,
+                "groupName": group,
+                "category": "RATE_LIMITS",
+            }),
+        )
+    }
+
+    fn fault_reply(&self, fault: Fault) -> Reply {
+        if fault.status == 429 {
+            let mut reply = self.rate_limited_reply(Policy::TenSecondly, true);
+            if let Some(secs) = fault.retry_after {
+                reply.headers.push(("retry-after", secs.to_string()));
+            }
+            return reply;
+        }
+        let (category, message) = match fault.status {
+            400 => ("VALIDATION_ERROR", "Invalid input"),
+            401 => ("INVALID_AUTHENTICATION", AUTH_MESSAGE),
+            403 => (
+                "MISSING_SCOPES",
+                "This app hasn't been granted all required scopes to make this call.",
+            ),
+            404 => ("OBJECT_NOT_FOUND", "resource not found"),
+            409 => ("CONFLICT", "Conflict"),
+            500 => ("INTERNAL_ERROR", "internal error"),
+            502 => ("BAD_GATEWAY", "Bad Gateway"),
+            503 => ("SERVICE_UNAVAILABLE", "Service Unavailable"),
+            504 => ("GATEWAY_TIMEOUT", "Gateway Timeout"),
+            _ => ("ERROR", "An error occurred"),
+        };
+        self.error(fault.status, category, message)
+    }
+
+    // ----- entry point -----
+
+    fn handle(&self, req: &Request) -> ResponseTemplate {
+        let path = req.url.path();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method.as_str();
+        let route = Route::parse(method, &segs);
+        let label = route.label(method, path);
+        let reply = if route == Route::Token {
+            self.token_requests.fetch_add(1, AtomicOrdering::Relaxed);
+            self.count_path(label);
+            let fault = self.state().token_faults.pop_front();
+            match fault {
+                Some(fault) => self.fault_reply(fault),
+                None => self.token_endpoint(req),
+            }
+        } else {
+            self.requests.fetch_add(1, AtomicOrdering::Relaxed);
+            self.count_path(label);
+            self.api(req, route, path)
+        };
+        let mut template = ResponseTemplate::new(reply.status);
+        for (name, value) in &reply.headers {
+            template = template.insert_header(*name, value.as_str());
+        }
+        if let Some(body) = reply.body {
+            template = template.set_body_raw(body.into_bytes(), JSON_MIME);
+        }
+        let latency = self.latency();
+        if !latency.is_zero() {
+            template = template.set_delay(latency);
+        }
+        template
+    }
+
+    fn count_path(&self, label: String) {
+        *self.state().per_path.entry(label).or_insert(0) += 1;
+    }
+
+    fn api(&self, req: &Request, route: Route<'_>, path: &str) -> Reply {
+        let fault = self.state().faults.pop_front();
+        if let Some(fault) = fault {
+            return self.fault_reply(fault);
+        }
+        if matches!(route, Route::List(_) | Route::Get(_))
+            && raw_properties_len(&req.url) > PROPERTIES_MAX_QUERY_BYTES
+        {
+            // HubSpot's edge answers an over-long request line with an empty 414.
+            return Reply::empty(414);
+        }
+        let needs_auth = path.starts_with("/crm/") || path.starts_with("/account-info/");
+        let mut rate_headers = Vec::new();
+        if needs_auth {
+            match self.gate(req, matches!(route, Route::Search(_))) {
+                Ok(headers) => rate_headers = headers,
+                Err(reply) => return reply,
+            }
+        }
+        let mut reply = match route {
+            Route::List(t) => self.list_objects(req, t),
+            Route::Get(t) => self.get_object(req, t),
+            Route::BatchRead(t) => self.batch_read(req, t),
+            Route::Search(t) => self.search(req, t),
+            Route::Properties(t) => self.properties(req, t, None),
+            Route::Property(t, name) => self.properties(req, t, Some(name)),
+            Route::Owners => self.owners(req),
+            Route::Owner(id) => self.owner(req, id),
+            Route::Pipelines(t) => self.pipelines(t, None, false),
+            Route::Pipeline(t, id) => self.pipelines(t, Some(id), false),
+            Route::PipelineStages(t, id) => self.pipelines(t, Some(id), true),
+            Route::AccessTokenInfo(tok) => self.access_token_info(tok),
+            Route::RefreshTokenInfo(tok) => self.refresh_token_info(tok),
+            Route::RefreshTokenDelete(tok) => {
+                if self.state().refresh.remove(tok).is_some() {
+                    Reply::empty(204)
+                } else {
+                    self.not_found()
+                }
+            }
+            Route::AccountDetails => self.account_details(),
+            Route::Token | Route::NotFound => self.not_found(),
+        };
+        reply.headers.extend(rate_headers);
+        reply
+    }
+
+    // ----- auth and rate limits -----
+
+    fn unauthenticated(&self) -> Reply {
+        self.error(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE)
+    }
+
+    /// Checks the bearer token and the rate limits; on success returns the
+    /// rate-limit headers for the response.
+    fn gate(&self, req: &Request, search: bool) -> Result<Vec<(&'static str, String)>, Reply> {
+        let Some(token) = bearer(req) else {
+            return Err(self.unauthenticated());
+        };
+        let now = Instant::now();
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let caller = if self.cfg.private_app_tokens.iter().any(|t| t == token) {
+            Caller {
+                key: token.to_string(),
+                private_app: true,
+            }
+        } else {
+            match st.access.get(token) {
+                None => return Err(self.unauthenticated()),
+                Some(tok) if now >= tok.expires_at => {
+                    let minutes = now.duration_since(tok.expires_at).as_secs() / 60;
+                    return Err(self.error(
+                        401,
+                        "EXPIRED_AUTHENTICATION",
+                        &format!(
+                            "The OAuth token used to make this call expired {minutes} minute(s) ago."
+                        ),
+                    ));
+                }
+                Some(_) => Caller {
+                    key: "oauth-app".to_string(),
+                    private_app: false,
+                },
+            }
+        };
+
+        let used_today = if caller.private_app {
+            st.daily.get(&caller.key).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let daily_headers = |used: u64| -> Vec<(&'static str, String)> {
+            if caller.private_app {
+                vec![
+                    (
+                        "x-hubspot-ratelimit-daily",
+                        self.cfg.daily_limit.to_string(),
+                    ),
+                    (
+                        "x-hubspot-ratelimit-daily-remaining",
+                        self.cfg.daily_limit.saturating_sub(used).to_string(),
+                    ),
+                ]
+            } else {
+                Vec::new()
+            }
+        };
+        let interval_headers = |limit: FakeRateLimit, used: usize| {
+            vec![
+                ("x-hubspot-ratelimit-max", limit.max.to_string()),
+                (
+                    "x-hubspot-ratelimit-remaining",
+                    (limit.max as usize).saturating_sub(used).to_string(),
+                ),
+                (
+                    "x-hubspot-ratelimit-interval-milliseconds",
+                    limit.window.as_millis().to_string(),
+                ),
+            ]
+        };
+
+        if caller.private_app && used_today >= self.cfg.daily_limit {
+            let mut reply = self.rate_limited_reply(Policy::Daily, true);
+            reply.headers = daily_headers(used_today);
+            return Err(reply);
+        }
+        let limit = st.rate_limit;
+        if let Some(limit) = limit {
+            let window = st.windows.entry(caller.key.clone()).or_default();
+            prune(window, now, limit);
+            if window.len() >= limit.max as usize {
+                let mut reply = self.rate_limited_reply(Policy::TenSecondly, caller.private_app);
+                reply.headers = interval_headers(limit, window.len());
+                reply.headers.extend(daily_headers(used_today));
+                return Err(reply);
+            }
+        }
+        let search_limit = if search { st.search_rate_limit } else { None };
+        if let Some(slimit) = search_limit {
+            let window = st.search_windows.entry(caller.key.clone()).or_default();
+            prune(window, now, slimit);
+            if window.len() >= slimit.max as usize {
+                let mut reply = self.rate_limited_reply(Policy::Secondly, caller.private_app);
+                if let Some(limit) = limit {
+                    let used = st.windows.get(&caller.key).map_or(0, VecDeque::len);
+                    reply.headers = interval_headers(limit, used);
+                }
+                reply.headers.extend(daily_headers(used_today));
+                return Err(reply);
+            }
+            window.push_back(now);
+        }
+        let mut headers = Vec::new();
+        if let Some(limit) = limit {
+            let window = st.windows.entry(caller.key.clone()).or_default();
+            window.push_back(now);
+            let used = window.len();
+            self.max_in_window.fetch_max(
+                u32::try_from(used).unwrap_or(u32::MAX),
+                AtomicOrdering::Relaxed,
+            );
+            headers = interval_headers(limit, used);
+        }
+        if caller.private_app {
+            let used = st.daily.entry(caller.key.clone()).or_insert(0);
+            *used += 1;
+            headers.extend(daily_headers(*used));
+        }
+        Ok(headers)
+    }
+
+    fn mint_access(&self, st: &mut State, scopes: Vec<String>) -> String {
+        let token = new_access_token();
+        let expires_at = Instant::now() + self.cfg.access_token_ttl;
+        st.access
+            .insert(token.clone(), AccessToken { expires_at, scopes });
+        token
+    }
+
+    // ----- OAuth -----
+
+    fn token_endpoint(&self, req: &Request) -> Reply {
+        let mut params: HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        for (k, v) in req.url.query_pairs() {
+            params
+                .entry(k.into_owned())
+                .or_insert_with(|| v.into_owned());
+        }
+        let (mut client_id, mut client_secret) = (
+            params.get("client_id").cloned(),
+            params.get("client_secret").cloned(),
+        );
+        if client_id.is_none() || client_secret.is_none() {
+            if let Some((id, secret)) = basic_credentials(req) {
+                client_id = client_id.or(Some(id));
+                client_secret = client_secret.or(Some(secret));
+            }
+        }
+        let grant = params.get("grant_type").map(String::as_str).unwrap_or("");
+        if !matches!(
+            grant,
+            "authorization_code" | "refresh_token" | "client_credentials"
+        ) {
+            return self.oauth_error("BAD_GRANT_TYPE", "missing or unknown grant type");
+        }
+        if client_id.as_deref() != Some(self.cfg.client_id.as_str()) {
+            return self.oauth_error("BAD_CLIENT_ID", "missing or unknown client id");
+        }
+        if client_secret.as_deref() != Some(self.cfg.client_secret.as_str()) {
+            return self.oauth_error("BAD_CLIENT_SECRET", "missing or invalid client secret");
+        }
+        let mut st = self.state();
+        match grant {
+            "authorization_code" => {
+                let code = params.get("code").map(String::as_str).unwrap_or("");
+                let redirect = params.get("redirect_uri").map(String::as_str).unwrap_or("");
+                if redirect.is_empty() {
+                    return self.oauth_error("BAD_REDIRECT_URI", "missing or invalid redirect uri");
+                }
+                let Some(scopes) = st.codes.remove(code) else {
+                    return self.oauth_error("BAD_AUTH_CODE", "missing or unknown auth code");
+                };
+                let refresh = new_refresh_token();
+                st.refresh.insert(refresh.clone(), scopes.clone());
+                let access = self.mint_access(&mut st, scopes.clone());
+                drop(st);
+                self.code_exchanges.fetch_add(1, AtomicOrdering::Relaxed);
+                self.token_response(&access, Some(&refresh), &scopes, "access_token")
+            }
+            "refresh_token" => {
+                let presented = params
+                    .get("refresh_token")
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let Some(scopes) = st.refresh.get(presented).cloned() else {
+                    return self
+                        .oauth_error("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
+                };
+                let refresh = if self.cfg.rotate_refresh_tokens {
+                    st.refresh.remove(presented);
+                    let fresh = new_refresh_token();
+                    st.refresh.insert(fresh.clone(), scopes.clone());
+                    fresh
+                } else {
+                    presented.to_string()
+                };
+                let access = self.mint_access(&mut st, scopes.clone());
+                drop(st);
+                self.token_refreshes.fetch_add(1, AtomicOrdering::Relaxed);
+                self.token_response(&access, Some(&refresh), &scopes, "access_token")
+            }
+            _ => {
+                let scopes: Vec<String> = match params.get("scope") {
+                    Some(s) if !s.trim().is_empty() => {
+                        s.split_whitespace().map(str::to_string).collect()
+                    }
+                    _ => default_scopes(),
+                };
+                let access = self.mint_access(&mut st, scopes.clone());
+                drop(st);
+                self.token_response(&access, None, &scopes, "client_credentials")
+            }
+        }
+    }
+
+    fn token_response(
+        &self,
+        access: &str,
+        refresh: Option<&str>,
+        scopes: &[String],
+        token_use: &str,
+    ) -> Reply {
+        let mut body = json!({
+            "token_type": "bearer",
+            "access_token": access,
+            "expires_in": self.cfg.access_token_ttl.as_secs(),
+            "token_use": token_use,
+            "hub_id": self.cfg.hub_id,
+            "user_id": self.cfg.user_id,
+            "scopes": scopes,
+        });
+        if let (Some(refresh), Some(obj)) = (refresh, body.as_object_mut()) {
+            obj.insert("refresh_token".to_string(), json!(refresh));
+        }
+        Reply::value(200, &body)
+    }
+
+    fn access_token_info(&self, token: &str) -> Reply {
+        let now = Instant::now();
+        let info = {
+            let st = self.state();
+            st.access
+                .get(token)
+                .map(|t| (t.expires_at, t.scopes.clone()))
+        };
+        match info {
+            Some((expires_at, scopes)) if expires_at > now => Reply::value(
+                200,
+                &json!({
+                    "token": token,
+                    "user": self.cfg.user,
+                    "hub_domain": self.cfg.hub_domain,
+                    "hub_id": self.cfg.hub_id,
+                    "app_id": self.cfg.app_id,
+                    "scopes": scopes,
+                    "expires_in": expires_at.duration_since(now).as_secs(),
+                    "user_id": self.cfg.user_id,
+                    "token_type": "access",
+                    "is_private_distribution": false,
+                }),
+            ),
+            Some(_) => self.error(404, "OBJECT_NOT_FOUND", "access token expired"),
+            None => self.error(404, "OBJECT_NOT_FOUND", "access token not found"),
+        }
+    }
+
+    fn refresh_token_info(&self, token: &str) -> Reply {
+        let scopes = self.state().refresh.get(token).cloned();
+        match scopes {
+            Some(scopes) => Reply::value(
+                200,
+                &json!({
+                    "token": token,
+                    "user": self.cfg.user,
+                    "hub_domain": self.cfg.hub_domain,
+                    "hub_id": self.cfg.hub_id,
+                    "client_id": self.cfg.client_id,
+                    "scopes": scopes,
+                    "user_id": self.cfg.user_id,
+                    "token_type": "refresh",
+                }),
+            ),
+            None => self.error(404, "OBJECT_NOT_FOUND", "refresh token not found"),
+        }
+    }
+
+    fn account_details(&self) -> Reply {
+        Reply::value(
+            200,
+            &json!({
+                "portalId": self.cfg.hub_id,
+                "accountType": "STANDARD",
+                "timeZone": "US/Eastern",
+                "companyCurrency": "USD",
+                "additionalCurrencies": [],
+                "utcOffset": "-05:00",
+                "utcOffsetMilliseconds": -18_000_000,
+                "uiDomain": "app.hubspot.com",
+                "dataHostingLocation": "na1",
+            }),
+        )
+    }
+
+    // ----- objects -----
+
+    fn parse_limit(&self, query: &Query<'_>, default: i64, max: i64) -> Result<usize, Reply> {
+        let Some(raw) = query.get("limit") else {
+            return usize::try_from(default).map_err(|_| self.bad_request("invalid limit"));
+        };
+        match raw.trim().parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => {
+                usize::try_from(n).map_err(|_| self.bad_request("invalid limit"))
+            }
+            Ok(n) => Err(self.bad_request(&format!(
+                "Invalid input: limit must be between 1 and {max}, got {n}"
+            ))),
+            Err(_) => Err(self.bad_request(&format!(
+                "Unable to parse query parameter limit: '{raw}' is not an integer"
+            ))),
+        }
+    }
+
+    fn parse_archived(&self, query: &Query<'_>) -> Result<bool, Reply> {
+        match query.get("archived") {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") || v.is_empty() => Ok(false),
+            Some(v) => Err(self.bad_request(&format!(
+                "Unable to parse query parameter archived: '{v}' is not a boolean"
+            ))),
+        }
+    }
+
+    fn next_link(&self, req: &Request, after: &str) -> String {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in req.url.query_pairs() {
+            if k != "after" {
+                ser.append_pair(&k, &v);
+            }
+        }
+        ser.append_pair("after", after);
+        format!("{}{}?{}", self.uri, req.url.path(), ser.finish())
+    }
+
+    fn list_objects(&self, req: &Request, object_type: &str) -> Reply {
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let query = Query::new(&req.url);
+        let limit = match self.parse_limit(&query, 10, LIST_MAX_LIMIT) {
+            Ok(l) => l,
+            Err(reply) => return reply,
+        };
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let (population, base) = if archived {
+            (schema.seed.archived, ARCHIVED_ID_BASE)
+        } else {
+            (schema.seed.count, ACTIVE_ID_BASE)
+        };
+        let start = match query.get("after") {
+            None | Some("") => 0,
+            Some(after) => match decode_cursor(after) {
+                Some(id) if id >= base => {
+                    usize::try_from(id - base).map_or(population, |p| p.min(population))
+                }
+                _ => {
+                    return self.bad_request(&format!(
+                        "Invalid input: '{after}' is not a valid paging cursor"
+                    ))
+                }
+            },
+        };
+        let end = start.saturating_add(limit).min(population);
+        let (malformed, repeat) = if archived {
+            (false, false)
+        } else {
+            self.page_faults(&schema.name, start, limit)
+        };
+        let props = schema.select(query.all("properties"));
+        let hist = schema.select_exact(query.all("propertiesWithHistory"));
+        let mut writer = RecordWriter::new(self, schema, props, hist);
+        let mut out = String::with_capacity(64 + (end - start) * writer.estimate());
+        out.push_str("{\"results\":[");
+        let broken = (malformed && end > start).then(|| (end - start - 1).min(3));
+        for (k, pos) in (start..end).enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            let rec = schema.rec(self.cfg.seed, archived, pos);
+            writer.write(&mut out, &rec, broken == Some(k));
+        }
+        out.push(']');
+        if end < population {
+            let next = if repeat { start } else { end };
+            let after = encode_cursor(base + next as u64);
+            let link = self.next_link(req, &after);
+            out.push_str(",\"paging\":{\"next\":{\"after\":");
+            push_json_str(&mut out, &after);
+            out.push_str(",\"link\":");
+            push_json_str(&mut out, &link);
+            out.push_str("}}");
+        }
+        out.push('}');
+        Reply::json(200, out)
+    }
+
+    /// `(malformed, repeat_cursor)` for the list page starting at `start`.
+    fn page_faults(&self, name: &str, start: usize, limit: usize) -> (bool, bool) {
+        if limit == 0 || start % limit != 0 {
+            return (false, false);
+        }
+        let page = start / limit;
+        let st = self.state();
+        if st.malformed.is_empty() && st.repeat.is_empty() {
+            return (false, false);
+        }
+        let malformed = st.malformed.contains(&(name.to_string(), page));
+        let repeat = st.repeat.get(name).is_some_and(|&p| page >= p);
+        (malformed, repeat)
+    }
+
+    fn get_object(&self, req: &Request, object_type: &str) -> Reply {
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let query = Query::new(&req.url);
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        if let Some(id_property) = query.get("idProperty") {
+            if id_property != "hs_object_id" {
+                return self.bad_request(&format!(
+                    "The fake supports only idProperty=hs_object_id, got '{id_property}'"
+                ));
+            }
+        }
+        let id = req.url.path().rsplit('/').next().unwrap_or("");
+        let found = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| schema.locate(id))
+            .filter(|(a, _)| *a == archived);
+        let Some((archived, pos)) = found else {
+            return self.not_found();
+        };
+        let props = schema.select(query.all("properties"));
+        let hist = schema.select_exact(query.all("propertiesWithHistory"));
+        let mut writer = RecordWriter::new(self, schema, props, hist);
+        let mut out = String::with_capacity(writer.estimate());
+        writer.write(&mut out, &schema.rec(self.cfg.seed, archived, pos), false);
+        Reply::json(200, out)
+    }
+
+    fn batch_read(&self, req: &Request, object_type: &str) -> Reply {
+        let started = Utc::now().timestamp_millis();
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let query = Query::new(&req.url);
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return self.invalid_json(&e),
+        };
+        let Some(inputs) = body.get("inputs").and_then(Value::as_array) else {
+            return self.bad_request("Invalid input JSON: 'inputs' must be an array");
+        };
+        if inputs.len() > 100 {
+            return self.bad_request(&format!(
+                "Batch input size {} exceeds the limit of 100",
+                inputs.len()
+            ));
+        }
+        if let Some(id_property) = body.get("idProperty").and_then(Value::as_str) {
+            if id_property != "hs_object_id" {
+                return self.bad_request(&format!(
+                    "The fake supports only idProperty=hs_object_id, got '{id_property}'"
+                ));
+            }
+        }
+        let names = |key: &str| -> Vec<&str> {
+            body.get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        };
+        let props = schema.select(names("properties"));
+        let hist = schema.select_exact(names("propertiesWithHistory"));
+        let mut writer = RecordWriter::new(self, schema, props, hist);
+        let mut results = String::with_capacity(16 + inputs.len() * writer.estimate());
+        let mut seen = HashSet::new();
+        let mut missing: Vec<String> = Vec::new();
+        let mut first = true;
+        for input in inputs {
+            let id = match input.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return self.bad_request("Invalid input JSON: every input needs an 'id'"),
+            };
+            let found = id
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| schema.locate(n))
+                .filter(|(a, _)| *a == archived);
+            match found {
+                Some((a, pos)) => {
+                    if seen.insert(pos) {
+                        if !first {
+                            results.push(',');
+                        }
+                        first = false;
+                        writer.write(&mut results, &schema.rec(self.cfg.seed, a, pos), false);
+                    }
+                }
+                None => {
+                    if !missing.contains(&id) {
+                        missing.push(id);
+                    }
+                }
+            }
+        }
+        let completed = Utc::now().timestamp_millis();
+        let mut out = String::with_capacity(results.len() + 512);
+        out.push_str("{\"status\":\"COMPLETE\",\"results\":[");
+        out.push_str(&results);
+        out.push(']');
+        let status = if missing.is_empty() {
+            200
+        } else {
+            let error = json!([{
+                "status": "error",
+                "category": "OBJECT_NOT_FOUND",
+                "message": format!(
+                    "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
+                    schema.singular
+                ),
+                "context": {"ids": missing},
+                "errors": [],
+                "links": {},
+            }]);
+            out.push_str(",\"numErrors\":1,\"errors\":");
+            out.push_str(&error.to_string());
+            207
+        };
+        out.push_str(",\"startedAt\":");
+        push_json_str(&mut out, &iso(started));
+        out.push_str(",\"completedAt\":");
+        push_json_str(&mut out, &iso(completed));
+        out.push('}');
+        Reply::json(status, out)
+    }
+
+    // ----- search -----
+
+    fn search(&self, req: &Request, object_type: &str) -> Reply {
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return self.invalid_json(&e),
+        };
+        let Some(obj) = body.as_object() else {
+            return self.bad_request("Invalid input JSON: expected an object");
+        };
+        let request = match SearchRequest::parse(schema, obj) {
+            Ok(r) => r,
+            Err(message) => return self.bad_request(&message),
+        };
+        if request.after >= SEARCH_CAP {
+            return self.bad_request(&format!(
+                "Paging past {SEARCH_CAP} results is not supported (after={}). Narrow the search with filters, for example on {}.",
+                request.after, schema.last_modified
+            ));
+        }
+        let cache_key = format!(
+            "{}|{}|{}|{}",
+            schema.name,
+            obj.get("filterGroups").unwrap_or(&Value::Null),
+            obj.get("sorts").unwrap_or(&Value::Null),
+            obj.get("query").unwrap_or(&Value::Null),
+        );
+        let hits = self.cached_search(&cache_key, || run_search(self.cfg.seed, schema, &request));
+        let start = request.after.min(hits.top.len());
+        let end = start.saturating_add(request.limit).min(hits.top.len());
+        let props = match obj.get("properties").and_then(Value::as_array) {
+            Some(names) => schema.select(names.iter().filter_map(Value::as_str)),
+            None => schema.defaults.clone(),
+        };
+        let mut writer = RecordWriter::new(self, schema, props, Vec::new());
+        let mut out = String::with_capacity(64 + (end - start) * writer.estimate());
+        let _ = write!(out, "{{\"total\":{},\"results\":[", hits.total);
+        for (k, &pos) in hits.top[start..end].iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            writer.write(&mut out, &schema.rec(self.cfg.seed, false, pos), false);
+        }
+        out.push(']');
+        if end > start && end < hits.total {
+            let _ = write!(out, ",\"paging\":{{\"next\":{{\"after\":\"{end}\"}}}}");
+        }
+        out.push('}');
+        Reply::json(200, out)
+    }
+
+    fn cached_search(&self, key: &str, compute: impl FnOnce() -> SearchHits) -> Arc<SearchHits> {
+        {
+            let cache = self.search_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, hits)) = cache.iter().find(|(k, _)| k == key) {
+                return Arc::clone(hits);
+            }
+        }
+        let hits = Arc::new(compute());
+        let mut cache = self.search_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.push_back((key.to_string(), Arc::clone(&hits)));
+        while cache.len() > 8 {
+            cache.pop_front();
+        }
+        hits
+    }
+
+    // ----- metadata -----
+
+    fn properties(&self, req: &Request, object_type: &str, name: Option<&str>) -> Reply {
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let query = Query::new(&req.url);
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        match name {
+            Some(name) => match schema.by_name.get(name) {
+                Some(&i) if !archived => Reply::value(200, &property_json(schema, i)),
+                _ => self.not_found(),
+            },
+            None => {
+                let results: Vec<Value> = if archived {
+                    Vec::new()
+                } else {
+                    (0..schema.props.len())
+                        .map(|i| property_json(schema, i))
+                        .collect()
+                };
+                Reply::value(200, &json!({ "results": results }))
+            }
+        }
+    }
+
+    fn owner_json(&self, i: usize, archived: bool) -> Value {
+        let h = mix(self.cfg.seed ^ fnv1a("@owners") ^ mix(i as u64 | (u64::from(archived) << 40)));
+        let first = pick(FIRST_NAMES, h);
+        let last = pick(LAST_NAMES, h >> 16);
+        let mut email = String::new();
+        ascii_slug(&mut email, first);
+        email.push('.');
+        ascii_slug(&mut email, last);
+        let _ = write!(email, "{i}@example.com");
+        let id = if archived {
+            ARCHIVED_OWNER_ID_BASE + i as u64
+        } else {
+            OWNER_ID_BASE + i as u64
+        };
+        let user_id = OWNER_USER_ID_BASE + id % 1_000_000;
+        let created = BASE_MS + i as i64 * 7 * DAY_MS;
+        let mut teams = Vec::new();
+        if i % 5 != 0 {
+            let (tid, tname) = TEAMS[i % TEAMS.len()];
+            teams.push(json!({"id": tid, "name": tname, "primary": true}));
+            if i % 4 == 0 {
+                let (tid, tname) = TEAMS[(i + 1) % TEAMS.len()];
+                teams.push(json!({"id": tid, "name": tname, "primary": false}));
+            }
+        }
+        let mut owner = json!({
+            "id": id.to_string(),
+            "email": email,
+            "type": "PERSON",
+            "firstName": first,
+            "lastName": last,
+            "userId": user_id,
+            "userIdIncludingInactive": user_id,
+            "createdAt": iso(created),
+            "updatedAt": iso(created + 30 * DAY_MS + (h % DAY_MS as u64) as i64),
+            "archived": archived,
+            "teams": teams,
+        });
+        if archived {
+            if let Some(obj) = owner.as_object_mut() {
+                obj.remove("userId");
+            }
+        }
+        owner
+    }
+
+    fn owners(&self, req: &Request) -> Reply {
+        let query = Query::new(&req.url);
+        let limit = match self.parse_limit(&query, 100, OWNERS_MAX_LIMIT) {
+            Ok(l) => l,
+            Err(reply) => return reply,
+        };
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let (population, base) = if archived {
+            (usize::from(self.cfg.owners > 0), ARCHIVED_OWNER_ID_BASE)
+        } else {
+            (self.cfg.owners, OWNER_ID_BASE)
+        };
+        let mut owners: Vec<Value> = (0..population)
+            .map(|i| self.owner_json(i, archived))
+            .collect();
+        if let Some(email) = query.get("email") {
+            owners.retain(|o| {
+                o.get("email")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
+            });
+        }
+        let start = match query.get("after") {
+            None | Some("") => 0,
+            Some(after) => match decode_cursor(after) {
+                Some(id) if id >= base => usize::try_from(id - base).unwrap_or(usize::MAX),
+                _ => {
+                    return self.bad_request(&format!(
+                        "Invalid input: '{after}' is not a valid paging cursor"
+                    ))
+                }
+            },
+        };
+        let start = start.min(owners.len());
+        let end = start.saturating_add(limit).min(owners.len());
+        let mut body = json!({ "results": owners[start..end].to_vec() });
+        if end < owners.len() {
+            let after = encode_cursor(base + end as u64);
+            let link = self.next_link(req, &after);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(
+                    "paging".to_string(),
+                    json!({"next": {"after": after, "link": link}}),
+                );
+            }
+        }
+        Reply::value(200, &body)
+    }
+
+    fn owner(&self, req: &Request, id: &str) -> Reply {
+        let query = Query::new(&req.url);
+        let archived = match self.parse_archived(&query) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let by_user_id = query.get("idProperty") == Some("userId");
+        let Ok(n) = id.parse::<u64>() else {
+            return self.bad_request(&format!("Invalid owner id '{id}'"));
+        };
+        let population = if archived {
+            usize::from(self.cfg.owners > 0)
+        } else {
+            self.cfg.owners
+        };
+        let found = (0..population)
+            .map(|i| self.owner_json(i, archived))
+            .find(|o| {
+                let key = if by_user_id { "userId" } else { "id" };
+                match o.get(key) {
+                    Some(Value::String(s)) => s == id,
+                    Some(Value::Number(v)) => v.as_u64() == Some(n),
+                    _ => false,
+                }
+            });
+        match found {
+            Some(owner) => Reply::value(200, &owner),
+            None => self.not_found(),
+        }
+    }
+
+    fn pipelines(&self, object_type: &str, id: Option<&str>, stages_only: bool) -> Reply {
+        let Some(schema) = self.resolve(object_type) else {
+            return self.unknown_type(object_type);
+        };
+        let defs = pipelines_of(&schema.name);
+        match id {
+            None => {
+                let results: Vec<Value> = defs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| pipeline_json(p, i))
+                    .collect();
+                Reply::value(200, &json!({ "results": results }))
+            }
+            Some(id) => match defs.iter().enumerate().find(|(_, p)| p.id == id) {
+                Some((i, p)) => {
+                    let value = pipeline_json(p, i);
+                    if stages_only {
+                        let stages = value.get("stages").cloned().unwrap_or(json!([]));
+                        Reply::value(200, &json!({ "results": stages }))
+                    } else {
+                        Reply::value(200, &value)
+                    }
+                }
+                None => self.not_found(),
+            },
+        }
+    }
+}
+
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    // RFC 6749 §2.3.1: both parts are form-urlencoded before encoding.
+    let unescape = |s: &str| -> String {
+        url::form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((unescape(id), unescape(secret)))
+}
+
+fn property_json(schema: &TypeSchema, i: usize) -> Value {
+    let def = &schema.props[i];
+    let options: Vec<Value> = def
+        .options
+        .iter()
+        .enumerate()
+        .map(|(k, (label, value))| {
+            json!({"label": label, "value": value, "displayOrder": k, "hidden": false})
+        })
+        .collect();
+    let created = if def.hubspot_defined {
+        DEFINITIONS_CREATED
+    } else {
+        CUSTOM_DEFINITIONS_CREATED
+    };
+    let mut value = json!({
+        "updatedAt": created,
+        "createdAt": created,
+        "name": def.name,
+        "label": def.label,
+        "type": def.ptype,
+        "fieldType": def.field_type,
+        "description": def.description,
+        "groupName": def.group,
+        "options": options,
+        "displayOrder": if def.hubspot_defined { -1 } else { i as i64 },
+        "calculated": def.calculated,
+        "externalOptions": def.external_options,
+        "hasUniqueValue": false,
+        "hidden": false,
+        "modificationMetadata": {
+            "archivable": !def.hubspot_defined,
+            "readOnlyDefinition": def.hubspot_defined,
+            "readOnlyValue": def.read_only_value,
+        },
+        "formField": !def.read_only_value,
+        "dataSensitivity": "non_sensitive",
+    });
+    if let Some(obj) = value.as_object_mut() {
+        if def.hubspot_defined {
+            obj.insert("hubspotDefined".to_string(), json!(true));
+        } else {
+            obj.insert("createdUserId".to_string(), json!("7000001"));
+            obj.insert("updatedUserId".to_string(), json!("7000001"));
+        }
+        if def.field_type == "calculation_equation" {
+            obj.insert(
+                "calculationFormula".to_string(),
+                json!("(hs_object_id % 97) * 1.5"),
+            );
+        }
+    }
+    value
+}
+
+fn pipeline_json(p: &PipelineDef, order: usize) -> Value {
+    let created = if p.is_default {
+        EPOCH_ISO
+    } else {
+        PIPELINE_CREATED
+    };
+    let stages: Vec<Value> = p
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let metadata: Map<String, Value> = s
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), json!(v)))
+                .collect();
+            json!({
+                "id": s.id,
+                "label": s.label,
+                "displayOrder": k,
+                "metadata": metadata,
+                "createdAt": created,
+                "updatedAt": PIPELINE_CREATED,
+                "archived": false,
+                "writePermissions": "CRM_PERMISSIONS_ENFORCEMENT",
+            })
+        })
+        .collect();
+    json!({
+        "id": p.id,
+        "label": p.label,
+        "displayOrder": order,
+        "createdAt": created,
+        "updatedAt": PIPELINE_CREATED,
+        "archived": false,
+        "stages": stages,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Record JSON
+// ---------------------------------------------------------------------------
+
+/// Writes `SimplePublicObject` JSON for one property selection.
+struct RecordWriter<'a> {
+    schema: &'a TypeSchema,
+    props: Vec<usize>,
+    hist: Vec<usize>,
+    scratch: String,
+    source_id: String,
+    user_id: u64,
+}
+
+impl<'a> RecordWriter<'a> {
+    fn new(inner: &Inner, schema: &'a TypeSchema, props: Vec<usize>, hist: Vec<usize>) -> Self {
+        Self {
+            schema,
+            props,
+            hist,
+            scratch: String::with_capacity(128),
+            source_id: format!("userId:{}", inner.cfg.user_id),
+            user_id: inner.cfg.user_id,
+        }
+    }
+
+    /// Rough size of one record, for buffer capacity.
+    fn estimate(&self) -> usize {
+        160 + self.props.len() * 48 + self.hist.len() * 160
+    }
+
+    fn write(&mut self, out: &mut String, rec: &Rec, malformed: bool) {
+        let _ = write!(out, "{{\"id\":\"{}\",\"properties\":", rec.id);
+        if malformed {
+            push_json_str(out, "[object Object]");
+        } else {
+            out.push('{');
+            for (k, &p) in self.props.iter().enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                let def = &self.schema.props[p];
+                push_json_str(out, &def.name);
+                out.push(':');
+                self.scratch.clear();
+                if gen_value(self.schema, def, rec, &mut self.scratch) {
+                    push_json_str(out, &self.scratch);
+                } else {
+                    out.push_str("null");
+                }
+            }
+            out.push('}');
+        }
+        out.push_str(",\"createdAt\":\"");
+        push_iso(out, rec.created);
+        out.push_str("\",\"updatedAt\":\"");
+        push_iso(out, rec.updated);
+        out.push('"');
+        match rec.archived_at {
+            Some(at) => {
+                out.push_str(",\"archived\":true,\"archivedAt\":\"");
+                push_iso(out, at);
+                out.push('"');
+            }
+            None => out.push_str(",\"archived\":false"),
+        }
+        if !self.hist.is_empty() {
+            out.push_str(",\"propertiesWithHistory\":{");
+            for (k, &p) in self.hist.iter().enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                let def = &self.schema.props[p];
+                push_json_str(out, &def.name);
+                out.push_str(":[");
+                self.scratch.clear();
+                if gen_value(self.schema, def, rec, &mut self.scratch) {
+                    out.push_str("{\"value\":");
+                    push_json_str(out, &self.scratch);
+                    out.push_str(",\"timestamp\":\"");
+                    push_iso(out, rec.updated);
+                    out.push_str("\",\"sourceType\":\"CRM_UI\",\"sourceId\":");
+                    push_json_str(out, &self.source_id);
+                    let _ = write!(out, ",\"updatedByUserId\":{}}}", self.user_id);
+                }
+                out.push(']');
+            }
+            out.push('}');
+        }
+        out.push('}');
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Search
+// ---------------------------------------------------------------------------
+
+/// What a filter or sort refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operand {
+    Id,
+    Created,
+    Updated,
+    Prop(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    Between,
+    In,
+    NotIn,
+    Has,
+    NotHas,
+    ContainsToken,
+    NotContainsToken,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Num(f64),
+    Text(String),
+}
+
+fn cmp_val(a: &Val, b: &Val) -> Option<Ordering> {
+    match (a, b) {
+        (Val::Num(x), Val::Num(y)) => x.partial_cmp(y),
+        (Val::Text(x), Val::Text(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Filter {
+    operand: Operand,
+    op: Op,
+    values: Vec<Val>,
+    token: String,
+}
+
+#[derive(Debug)]
+struct Group {
+    filters: Vec<Filter>,
+    /// Candidate active-record positions `lo..hi` implied by the filters.
+    range: (usize, usize),
+}
+
+#[derive(Debug)]
+struct SearchRequest {
+    groups: Vec<Group>,
+    sort: Option<(Operand, bool)>,
+    query: Option<String>,
+    limit: usize,
+    after: usize,
+}
+
+fn json_scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn operand_kind(schema: &TypeSchema, operand: Operand) -> Kind {
+    match operand {
+        Operand::Id => Kind::Num,
+        Operand::Created | Operand::Updated => Kind::Time,
+        Operand::Prop(p) => schema.props[p].kind(),
+    }
+}
+
+fn resolve_operand(schema: &TypeSchema, name: &str) -> Result<Operand, String> {
+    if name == "hs_object_id" {
+        return Ok(Operand::Id);
+    }
+    if name == "createdate" {
+        return Ok(Operand::Created);
+    }
+    if name == schema.last_modified {
+        return Ok(Operand::Updated);
+    }
+    schema
+        .by_name
+        .get(name)
+        .map(|&i| Operand::Prop(i))
+        .ok_or_else(|| format!("Property \"{name}\" does not exist on {}", schema.name))
+}
+
+fn parse_val(kind: Kind, raw: &str, property: &str) -> Result<Val, String> {
+    let invalid = || format!("Invalid value '{raw}' for property {property}");
+    match kind {
+        Kind::Num => raw
+            .trim()
+            .parse::<f64>()
+            .map(Val::Num)
+            .map_err(|_| invalid()),
+        Kind::Time => parse_time(raw)
+            .map(|ms| Val::Num(ms as f64))
+            .ok_or_else(invalid),
+        Kind::Text => Ok(Val::Text(raw.to_lowercase())),
+    }
+}
+
+impl SearchRequest {
+    fn parse(schema: &TypeSchema, obj: &Map<String, Value>) -> Result<Self, String> {
+        let limit = match obj.get("limit") {
+            None | Some(Value::Null) => 10,
+            Some(v) => match json_scalar(v).and_then(|s| s.trim().parse::<i64>().ok()) {
+                Some(n) if (0..=SEARCH_MAX_LIMIT).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(format!(
+                        "Invalid input: limit must be between 0 and {SEARCH_MAX_LIMIT}, got {n}"
+                    ))
+                }
+                None => return Err("Invalid input: limit must be an integer".to_string()),
+            },
+        };
+        let after = match obj.get("after") {
+            None | Some(Value::Null) => 0,
+            Some(v) => match json_scalar(v) {
+                Some(s) if s.trim().is_empty() => 0,
+                Some(s) => s
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("Invalid input: after '{s}' is not a valid offset"))?,
+                None => return Err("Invalid input: after must be a string".to_string()),
+            },
+        };
+        let query = match obj.get("query") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(q)) if q.chars().count() > 3000 => {
+                return Err("Invalid input: query is longer than 3000 characters".to_string())
+            }
+            Some(Value::String(q)) if q.trim().is_empty() => None,
+            Some(Value::String(q)) => Some(q.trim().to_lowercase()),
+            Some(_) => return Err("Invalid input: query must be a string".to_string()),
+        };
+        let sort = match obj.get("sorts") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(sorts)) => match sorts.first() {
+                None => None,
+                Some(Value::String(s)) => {
+                    let (name, desc) = match s.strip_prefix('-') {
+                        Some(rest) => (rest, true),
+                        None => (s.as_str(), false),
+                    };
+                    Some((resolve_operand(schema, name.trim())?, desc))
+                }
+                Some(Value::Object(o)) => {
+                    let name = o
+                        .get("propertyName")
+                        .and_then(Value::as_str)
+                        .ok_or("Invalid input: sort needs a propertyName")?;
+                    let desc = match o.get("direction").and_then(Value::as_str) {
+                        None => false,
+                        Some(d) if d.eq_ignore_ascii_case("ASCENDING") => false,
+                        Some(d) if d.eq_ignore_ascii_case("DESCENDING") => true,
+                        Some(d) => {
+                            return Err(format!("Invalid input: unknown sort direction '{d}'"))
+                        }
+                    };
+                    Some((resolve_operand(schema, name)?, desc))
+                }
+                Some(_) => {
+                    return Err("Invalid input: sorts must be strings or objects".to_string())
+                }
+            },
+            Some(_) => return Err("Invalid input: sorts must be an array".to_string()),
+        };
+        let mut groups = Vec::new();
+        match obj.get("filterGroups") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(raw_groups)) => {
+                if raw_groups.len() > 6 {
+                    return Err(format!(
+                        "Invalid input: at most 6 filterGroups are allowed, got {}",
+                        raw_groups.len()
+                    ));
+                }
+                let mut total = 0;
+                for g in raw_groups {
+                    let filters = match g.get("filters") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(Value::Array(fs)) => fs
+                            .iter()
+                            .map(|f| parse_filter(schema, f))
+                            .collect::<Result<Vec<_>, _>>()?,
+                        Some(_) => {
+                            return Err("Invalid input: filters must be an array".to_string())
+                        }
+                    };
+                    total += filters.len();
+                    let range = group_range(&filters, schema.seed.count);
+                    groups.push(Group { filters, range });
+                }
+                if total > 18 {
+                    return Err(format!(
+                        "Invalid input: at most 18 filters are allowed, got {total}"
+                    ));
+                }
+            }
+            Some(_) => return Err("Invalid input: filterGroups must be an array".to_string()),
+        }
+        Ok(Self {
+            groups,
+            sort,
+            query,
+            limit,
+            after,
+        })
+    }
+}
+
+fn parse_filter(schema: &TypeSchema, f: &Value) -> Result<Filter, String> {
+    let name = f
+        .get("propertyName")
+        .and_then(Value::as_str)
+        .ok_or("Invalid input: every filter needs a propertyName")?;
+    let operand = resolve_operand(schema, name)?;
+    let kind = operand_kind(schema, operand);
+    let op_name = f
+        .get("operator")
+        .and_then(Value::as_str)
+        .ok_or("Invalid input: every filter needs an operator")?;
+    let op = match op_name.to_ascii_uppercase().as_str() {
+        "EQ" => Op::Eq,
+        "NEQ" => Op::Neq,
+        "LT" => Op::Lt,
+        "LTE" => Op::Lte,
+        "GT" => Op::Gt,
+        "GTE" => Op::Gte,
+        "BETWEEN" => Op::Between,
+        "IN" => Op::In,
+        "NOT_IN" => Op::NotIn,
+        "HAS_PROPERTY" => Op::Has,
+        "NOT_HAS_PROPERTY" => Op::NotHas,
+        "CONTAINS_TOKEN" => Op::ContainsToken,
+        "NOT_CONTAINS_TOKEN" => Op::NotContainsToken,
+        other => return Err(format!("Invalid input: unknown operator '{other}'")),
+    };
+    let value = || -> Result<String, String> {
+        f.get("value")
+            .and_then(json_scalar)
+            .ok_or_else(|| format!("Invalid input: operator {op_name} on {name} needs a value"))
+    };
+    let mut values = Vec::new();
+    let mut token = String::new();
+    match op {
+        Op::Eq | Op::Neq | Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
+            values.push(parse_val(kind, &value()?, name)?);
+        }
+        Op::Between => {
+            values.push(parse_val(kind, &value()?, name)?);
+            let high = f
+                .get("highValue")
+                .and_then(json_scalar)
+                .ok_or_else(|| format!("Invalid input: BETWEEN on {name} needs a highValue"))?;
+            values.push(parse_val(kind, &high, name)?);
+        }
+        Op::In | Op::NotIn => {
+            let raw = f
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("Invalid input: {op_name} on {name} needs values"))?;
+            for v in raw {
+                let s = json_scalar(v)
+                    .ok_or_else(|| format!("Invalid input: bad value in values of {name}"))?;
+                values.push(parse_val(kind, &s, name)?);
+            }
+        }
+        Op::Has | Op::NotHas => {}
+        Op::ContainsToken | Op::NotContainsToken => {
+            token = value()?.replace('*', "").to_lowercase();
+        }
+    }
+    Ok(Filter {
+        operand,
+        op,
+        values,
+        token,
+    })
+}
+
+/// Narrows the active positions a group can match, from its filters on the
+/// id and the timestamps (created times grow with the position, and
+/// `updated - created < UPDATE_SPAN_MS`). Conservative by one position.
+fn group_range(filters: &[Filter], count: usize) -> (usize, usize) {
+    let mut lo: i128 = 0;
+    let mut hi: i128 = count as i128; // exclusive
+    for f in filters {
+        let bounds = match (f.op, f.values.as_slice()) {
+            (Op::Eq, [Val::Num(v)]) => (Some(v.ceil()), Some(v.floor())),
+            (Op::Gt, [Val::Num(v)]) => (Some(v.floor() + 1.0), None),
+            (Op::Gte, [Val::Num(v)]) => (Some(v.ceil()), None),
+            (Op::Lt, [Val::Num(v)]) => (None, Some(v.ceil() - 1.0)),
+            (Op::Lte, [Val::Num(v)]) => (None, Some(v.floor())),
+            (Op::Between, [Val::Num(a), Val::Num(b)]) => (Some(a.ceil()), Some(b.floor())),
+            _ => continue,
+        };
+        // `as` saturates for out-of-range floats.
+        let (min, max) = (bounds.0.map(|v| v as i128), bounds.1.map(|v| v as i128));
+        let step = i128::from(STEP_MS);
+        let base = i128::from(BASE_MS);
+        let (pos_lo, pos_hi) = match f.operand {
+            Operand::Id => (
+                min.map(|m| m - i128::from(ACTIVE_ID_BASE)),
+                max.map(|m| m - i128::from(ACTIVE_ID_BASE)),
+            ),
+            Operand::Created => (
+                min.map(|m| (m - base - step + 1).div_euclid(step)),
+                max.map(|m| (m - base).div_euclid(step)),
+            ),
+            Operand::Updated => (
+                min.map(|m| (m - i128::from(UPDATE_SPAN_MS) - base - step + 1).div_euclid(step)),
+                max.map(|m| (m - base).div_euclid(step)),
+            ),
+            Operand::Prop(_) => continue,
+        };
+        if let Some(p) = pos_lo {
+            lo = lo.max(p - 1);
+        }
+        if let Some(p) = pos_hi {
+            hi = hi.min(p + 2);
+        }
+    }
+    let clamp = |v: i128| v.clamp(0, count as i128) as usize;
+    let (lo, hi) = (clamp(lo), clamp(hi));
+    (lo, hi.max(lo))
+}
+
+/// The value of `operand` for `rec`, as search compares it; `None` when the
+/// record has no value.
+fn record_val(
+    schema: &TypeSchema,
+    operand: Operand,
+    rec: &Rec,
+    scratch: &mut String,
+) -> Option<Val> {
+    match operand {
+        Operand::Id => Some(Val::Num(rec.id as f64)),
+        Operand::Created => Some(Val::Num(rec.created as f64)),
+        Operand::Updated => Some(Val::Num(rec.updated as f64)),
+        Operand::Prop(p) => {
+            let def = &schema.props[p];
+            scratch.clear();
+            if !gen_value(schema, def, rec, scratch) || scratch.is_empty() {
+                return None;
+            }
+            match def.kind() {
+                Kind::Num => scratch.parse::<f64>().ok().map(Val::Num),
+                Kind::Time => parse_time(scratch).map(|ms| Val::Num(ms as f64)),
+                Kind::Text => Some(Val::Text(scratch.to_lowercase())),
+            }
+        }
+    }
+}
+
+/// The value of `operand` for `rec` as lower-case text (for token operators).
+fn record_text(
+    schema: &TypeSchema,
+    operand: Operand,
+    rec: &Rec,
+    scratch: &mut String,
+) -> Option<String> {
+    scratch.clear();
+    match operand {
+        Operand::Id => {
+            let _ = write!(scratch, "{}", rec.id);
+        }
+        Operand::Created => push_iso(scratch, rec.created),
+        Operand::Updated => push_iso(scratch, rec.updated),
+        Operand::Prop(p) => {
+            if !gen_value(schema, &schema.props[p], rec, scratch) {
+                return None;
+            }
+        }
+    }
+    (!scratch.is_empty()).then(|| scratch.to_lowercase())
+}
+
+fn filter_matches(schema: &TypeSchema, f: &Filter, rec: &Rec, scratch: &mut String) -> bool {
+    if matches!(f.op, Op::ContainsToken | Op::NotContainsToken) {
+        let found = record_text(schema, f.operand, rec, scratch)
+            .is_some_and(|text| text.contains(&f.token));
+        return (f.op == Op::ContainsToken) == found;
+    }
+    let value = record_val(schema, f.operand, rec, scratch);
+    let Some(value) = value else {
+        return matches!(f.op, Op::Neq | Op::NotIn | Op::NotHas);
+    };
+    let cmp = |i: usize| f.values.get(i).and_then(|v| cmp_val(&value, v));
+    match f.op {
+        Op::Eq => cmp(0) == Some(Ordering::Equal),
+        Op::Neq => cmp(0) != Some(Ordering::Equal),
+        Op::Lt => cmp(0) == Some(Ordering::Less),
+        Op::Lte => matches!(cmp(0), Some(Ordering::Less | Ordering::Equal)),
+        Op::Gt => cmp(0) == Some(Ordering::Greater),
+        Op::Gte => matches!(cmp(0), Some(Ordering::Greater | Ordering::Equal)),
+        Op::Between => {
+            matches!(cmp(0), Some(Ordering::Greater | Ordering::Equal))
+                && matches!(cmp(1), Some(Ordering::Less | Ordering::Equal))
+        }
+        Op::In => (0..f.values.len()).any(|i| cmp(i) == Some(Ordering::Equal)),
+        Op::NotIn => (0..f.values.len()).all(|i| cmp(i) != Some(Ordering::Equal)),
+        Op::Has => true,
+        Op::NotHas => false,
+        Op::ContainsToken | Op::NotContainsToken => false,
+    }
+}
+
+fn query_matches(schema: &TypeSchema, query: &str, rec: &Rec, scratch: &mut String) -> bool {
+    if rec.id.to_string() == query {
+        return true;
+    }
+    schema.searchable.iter().any(|&p| {
+        scratch.clear();
+        gen_value(schema, &schema.props[p], rec, scratch) && scratch.to_lowercase().contains(query)
+    })
+}
+
+/// Sort key of a record for a slow (generated-property) sort; `None` sorts last.
+fn slow_key(schema: &TypeSchema, operand: Operand, rec: &Rec, scratch: &mut String) -> Option<Val> {
+    record_val(schema, operand, rec, scratch)
+}
+
+fn keep_first<T>(items: &mut Vec<T>, k: usize, mut cmp: impl FnMut(&T, &T) -> Ordering) {
+    if k == 0 {
+        items.clear();
+        return;
+    }
+    if items.len() > k {
+        items.select_nth_unstable_by(k - 1, &mut cmp);
+        items.truncate(k);
+    }
+    items.sort_unstable_by(cmp);
+}
+
+fn run_search(seed: u64, schema: &TypeSchema, request: &SearchRequest) -> SearchHits {
+    let count = schema.seed.count;
+    let (lo, hi) = if request.groups.is_empty() {
+        (0, count)
+    } else {
+        request.groups.iter().fold((count, 0), |(lo, hi), g| {
+            (lo.min(g.range.0), hi.max(g.range.1))
+        })
+    };
+    let mut scratch = String::new();
+    let matching = |pos: usize, scratch: &mut String| -> Option<Rec> {
+        let rec = schema.rec(seed, false, pos);
+        let in_groups = request.groups.is_empty()
+            || request.groups.iter().any(|g| {
+                pos >= g.range.0
+                    && pos < g.range.1
+                    && g.filters
+                        .iter()
+                        .all(|f| filter_matches(schema, f, &rec, scratch))
+            });
+        let in_query = request
+            .query
+            .as_deref()
+            .is_none_or(|q| query_matches(schema, q, &rec, scratch));
+        (in_groups && in_query).then_some(rec)
+    };
+    let (operand, desc) = request.sort.unwrap_or((Operand::Id, false));
+    match operand {
+        Operand::Id | Operand::Created | Operand::Updated => {
+            let mut hits: Vec<(i64, usize)> = Vec::new();
+            for pos in lo..hi.max(lo) {
+                if let Some(rec) = matching(pos, &mut scratch) {
+                    let key = match operand {
+                        Operand::Created => rec.created,
+                        Operand::Updated => rec.updated,
+                        _ => rec.id as i64,
+                    };
+                    hits.push((if desc { -key } else { key }, pos));
+                }
+            }
+            let total = hits.len();
+            keep_first(&mut hits, SEARCH_CAP, |a, b| a.cmp(b));
+            SearchHits {
+                total,
+                top: hits.into_iter().map(|(_, p)| p).collect(),
+            }
+        }
+        Operand::Prop(_) => {
+            let mut hits: Vec<(Option<Val>, usize)> = Vec::new();
+            let mut key_scratch = String::new();
+            for pos in lo..hi.max(lo) {
+                if let Some(rec) = matching(pos, &mut scratch) {
+                    hits.push((slow_key(schema, operand, &rec, &mut key_scratch), pos));
+                }
+            }
+            let total = hits.len();
+            keep_first(&mut hits, SEARCH_CAP, |a, b| {
+                let by_key = match (&a.0, &b.0) {
+                    (None, None) => Ordering::Equal,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(_), None) => Ordering::Less,
+                    (Some(x), Some(y)) => {
+                        let o = match (x, y) {
+                            (Val::Num(x), Val::Num(y)) => x.total_cmp(y),
+                            (Val::Text(x), Val::Text(y)) => x.cmp(y),
+                            (Val::Num(_), Val::Text(_)) => Ordering::Less,
+                            (Val::Text(_), Val::Num(_)) => Ordering::Greater,
+                        };
+                        if desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    }
+                };
+                by_key.then(a.1.cmp(&b.1))
+            });
+            SearchHits {
+                total,
+                top: hits.into_iter().map(|(_, p)| p).collect(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAT: &str = "pat-fake-token";
+
+    async fn get(fake: &HubSpotFake, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", fake.uri()));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request")
+    }
+
+    async fn post_json(fake: &HubSpotFake, path: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", fake.uri()))
+            .bearer_auth(PAT)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn post_token(fake: &HubSpotFake, form: &[(&str, &str)]) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/oauth/v1/token", fake.uri()))
+            .form(form)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn body(resp: reqwest::Response) -> Value {
+        resp.json().await.expect("json body")
+    }
+
+    fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    fn assert_error_body(v: &Value, category: &str) {
+        assert_eq!(v["category"], category, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        let id = v["correlationId"].as_str().expect("correlationId");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{v}");
+    }
+
+    fn keys(v: &Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn handles_are_send_sync_and_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<HubSpotFake>();
+    }
+
+    #[tokio::test]
+    async fn pagination_walks_all_ids_once() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let client = reqwest::Client::new();
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut req = client
+                .get(format!("{}/crm/v3/objects/contacts", fake.uri()))
+                .bearer_auth(PAT)
+                .query(&[("limit", "100")]);
+            if let Some(a) = &after {
+                req = req.query(&[("after", a)]);
+            }
+            let resp = req.send().await.expect("request");
+            assert_eq!(resp.status(), 200);
+            let page = body(resp).await;
+            pages += 1;
+            for r in page["results"].as_array().expect("results") {
+                ids.push(r["id"].as_str().expect("id").to_string());
+                assert_eq!(r["archived"], false);
+            }
+            match page["paging"]["next"]["after"].as_str() {
+                Some(a) => {
+                    let link = page["paging"]["next"]["link"].as_str().expect("link");
+                    assert!(link.starts_with(&fake.uri()), "{link}");
+                    after = Some(a.to_string());
+                }
+                None => {
+                    assert!(page.get("paging").is_none(), "last page has no paging");
+                    break;
+                }
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(ids, fake.ids("contacts", false));
+
+        // The link reproduces the request with the next cursor.
+        let first = body(get(&fake, "/crm/v3/objects/contacts?limit=7", Some(PAT)).await).await;
+        let link = first["paging"]["next"]["link"].as_str().expect("link");
+        let next = reqwest::Client::new()
+            .get(link)
+            .bearer_auth(PAT)
+            .send()
+            .await
+            .expect("request");
+        let next = body(next).await;
+        assert_eq!(next["results"].as_array().map(Vec::len), Some(7));
+        assert_eq!(next["results"][0]["id"], "1007");
+        // Default limit is 10; served records equal the truth.
+        let default = body(get(&fake, "/crm/v3/objects/contacts", Some(PAT)).await).await;
+        assert_eq!(default["results"].as_array().map(Vec::len), Some(10));
+        let truth = fake.record("contacts", 3);
+        let served = &default["results"][3];
+        assert_eq!(served["id"], truth["id"]);
+        assert_eq!(served["createdAt"], truth["createdAt"]);
+        assert_eq!(served["updatedAt"], truth["updatedAt"]);
+        for (k, v) in served["properties"].as_object().expect("properties") {
+            assert_eq!(v, &truth["properties"][k], "{k}");
+        }
+    }
+
+    #[tokio::test]
+    async fn properties_filter_defaults_and_blanks() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let page = body(get(&fake, "/crm/v3/objects/contacts?limit=3", Some(PAT)).await).await;
+        assert_eq!(
+            keys(&page["results"][0]["properties"]),
+            [
+                "createdate",
+                "email",
+                "firstname",
+                "hs_object_id",
+                "lastmodifieddate",
+                "lastname"
+            ]
+        );
+        let path = "/crm/v3/objects/contacts?limit=100&properties=email,phone,bogus&properties=hs_email_optout";
+        let page = body(get(&fake, path, Some(PAT)).await).await;
+        for (i, r) in page["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                keys(&r["properties"]),
+                ["email", "hs_email_optout", "phone"]
+            );
+            let truth = fake.record("contacts", i);
+            for k in ["email", "hs_email_optout", "phone"] {
+                assert_eq!(r["properties"][k], truth["properties"][k]);
+            }
+        }
+        let deals = body(get(&fake, "/crm/v3/objects/deals?limit=1", Some(PAT)).await).await;
+        assert!(keys(&deals["results"][0]["properties"]).contains(&"dealstage".to_string()));
+
+        // Truth: every value is a string or null; blanks of both kinds occur.
+        let (mut nulls, mut empties) = (0, 0);
+        for i in 0..250 {
+            let r = fake.record("contacts", i);
+            let props = r["properties"].as_object().expect("properties");
+            assert_eq!(props.len(), 18 + 5);
+            for v in props.values() {
+                match v {
+                    Value::Null => nulls += 1,
+                    Value::String(s) if s.is_empty() => empties += 1,
+                    Value::String(_) => {}
+                    other => panic!("not a string: {other}"),
+                }
+            }
+            assert_eq!(props["hs_object_id"], r["id"]);
+            assert_eq!(props["createdate"], r["createdAt"]);
+            assert_eq!(props["lastmodifieddate"], r["updatedAt"]);
+        }
+        assert!(nulls > 50 && empties > 20, "{nulls} {empties}");
+        assert_eq!(fake.record("contacts", 250), Value::Null);
+        assert_eq!(fake.record("widgets", 0), Value::Null);
+
+        // Same seed, same data; another seed, other data.
+        let twin = HubSpotFake::start(FakeConfig::default()).await;
+        assert_eq!(twin.record("deals", 5), fake.record("deals", 5));
+        let other = HubSpotFake::start(FakeConfig {
+            seed: 7,
+            ..FakeConfig::default()
+        })
+        .await;
+        assert_ne!(other.record("deals", 5), fake.record("deals", 5));
+    }
+
+    #[tokio::test]
+    async fn validation_archived_and_not_found() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let resp = get(&fake, "/crm/v3/objects/contacts?limit=101", Some(PAT)).await;
+        assert_eq!(resp.status(), 400);
+        assert_error_body(&body(resp).await, "VALIDATION_ERROR");
+        let resp = get(&fake, "/crm/v3/objects/contacts?after=%%%", Some(PAT)).await;
+        assert_eq!(resp.status(), 400);
+        let resp = get(&fake, "/crm/v3/objects/widgets", Some(PAT)).await;
+        assert_eq!(resp.status(), 400);
+        assert_error_body(&body(resp).await, "VALIDATION_ERROR");
+        let resp = get(&fake, "/crm/v3/nothing-here", Some(PAT)).await;
+        assert_eq!(resp.status(), 404);
+        assert_error_body(&body(resp).await, "OBJECT_NOT_FOUND");
+
+        let page = body(
+            get(
+                &fake,
+                "/crm/v3/objects/contacts?archived=true&limit=100",
+                Some(PAT),
+            )
+            .await,
+        )
+        .await;
+        let results = page["results"].as_array().expect("results");
+        let ids: Vec<String> = results
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(ids, fake.ids("contacts", true));
+        for r in results {
+            assert_eq!(r["archived"], true);
+            assert!(r["archivedAt"].as_str().is_some());
+        }
+        // Single object by id, and the singular alias.
+        let one = get(
+            &fake,
+            "/crm/v3/objects/contact/1005?properties=email",
+            Some(PAT),
+        )
+        .await;
+        assert_eq!(one.status(), 200);
+        let one = body(one).await;
+        assert_eq!(
+            one["properties"]["email"],
+            fake.record("contacts", 5)["properties"]["email"]
+        );
+        let missing = get(&fake, "/crm/v3/objects/contacts/999999", Some(PAT)).await;
+        assert_eq!(missing.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn auth_missing_unknown_and_expired_tokens() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let resp = get(&fake, "/crm/v3/objects/contacts", None).await;
+        assert_eq!(resp.status(), 401);
+        let v = body(resp).await;
+        assert_error_body(&v, "INVALID_AUTHENTICATION");
+        assert_eq!(v["status"], "error");
+        let resp = get(&fake, "/crm/v3/objects/contacts", Some("nope")).await;
+        assert_eq!(resp.status(), 401);
+
+        let (access, _refresh) = fake.mint_tokens();
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts", Some(&access))
+                .await
+                .status(),
+            200
+        );
+        let info = get(&fake, &format!("/oauth/v1/access-tokens/{access}"), None).await;
+        assert_eq!(info.status(), 200);
+        let info = body(info).await;
+        assert_eq!(info["token_type"], "access");
+        assert_eq!(info["hub_id"], 62515);
+        assert_eq!(info["is_private_distribution"], false);
+
+        fake.expire_access_tokens();
+        let resp = get(&fake, "/crm/v3/objects/contacts", Some(&access)).await;
+        assert_eq!(resp.status(), 401);
+        let v = body(resp).await;
+        assert_error_body(&v, "EXPIRED_AUTHENTICATION");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("expired")));
+        let info = get(&fake, &format!("/oauth/v1/access-tokens/{access}"), None).await;
+        assert_eq!(info.status(), 404);
+        assert_error_body(&body(info).await, "OBJECT_NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn oauth_code_exchange_refresh_and_rotation() {
+        let fake = HubSpotFake::start(FakeConfig {
+            rotate_refresh_tokens: true,
+            ..FakeConfig::default()
+        })
+        .await;
+        let code = fake.authorize(&["crm.objects.contacts.read", "oauth"]);
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "http://localhost/callback"),
+            ("client_id", "fake-client-id"),
+            ("client_secret", "fake-client-secret"),
+        ];
+        let resp = post_token(&fake, &form).await;
+        assert_eq!(resp.status(), 200);
+        let tokens = body(resp).await;
+        assert_eq!(tokens["token_type"], "bearer");
+        assert_eq!(tokens["token_use"], "access_token");
+        assert_eq!(tokens["expires_in"], 1800);
+        assert_eq!(tokens["hub_id"], 62515);
+        assert_eq!(
+            tokens["scopes"],
+            json!(["crm.objects.contacts.read", "oauth"])
+        );
+        let access = tokens["access_token"].as_str().expect("access").to_string();
+        let refresh1 = tokens["refresh_token"]
+            .as_str()
+            .expect("refresh")
+            .to_string();
+
+        // A code is single use.
+        let resp = post_token(&fake, &form).await;
+        assert_eq!(resp.status(), 400);
+        let v = body(resp).await;
+        assert_eq!(v["status"], "BAD_AUTH_CODE");
+
+        let details = get(&fake, "/account-info/v3/details", Some(&access)).await;
+        assert_eq!(details.status(), 200);
+        assert_eq!(body(details).await["portalId"], 62515);
+
+        // Refresh with HTTP Basic client authentication; rotation.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/oauth/v1/token", fake.uri()))
+            .basic_auth("fake-client-id", Some("fake-client-secret"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh1.as_str()),
+            ])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+        let refreshed = body(resp).await;
+        let refresh2 = refreshed["refresh_token"].as_str().expect("refresh");
+        assert_ne!(refresh2, refresh1);
+        let access2 = refreshed["access_token"].as_str().expect("access");
+        assert_eq!(
+            get(&fake, "/crm/v3/owners", Some(access2)).await.status(),
+            200
+        );
+
+        let stale = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh1.as_str()),
+            ("client_id", "fake-client-id"),
+            ("client_secret", "fake-client-secret"),
+        ];
+        let resp = post_token(&fake, &stale).await;
+        assert_eq!(resp.status(), 400);
+        let v = body(resp).await;
+        assert_eq!(v["status"], "BAD_REFRESH_TOKEN");
+        assert_eq!(v["message"], "missing or unknown refresh token");
+        assert_error_body(&v, "BAD_REFRESH_TOKEN");
+
+        let bad_secret = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh2),
+            ("client_id", "fake-client-id"),
+            ("client_secret", "wrong"),
+        ];
+        let resp = post_token(&fake, &bad_secret).await;
+        assert_eq!(resp.status(), 400);
+        assert_eq!(body(resp).await["category"], "BAD_CLIENT_SECRET");
+
+        let stats = fake.stats();
+        assert_eq!(stats.code_exchanges, 1);
+        assert_eq!(stats.token_refreshes, 1);
+        assert_eq!(stats.token_requests, 5);
+        assert_eq!(stats.per_path.get("POST /oauth/v1/token"), Some(&5));
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_are_kept_without_rotation() {
+        let fake = HubSpotFake::start(FakeConfig {
+            access_token_ttl: Duration::from_secs(60),
+            ..FakeConfig::default()
+        })
+        .await;
+        let (_, refresh) = fake.mint_tokens();
+        for _ in 0..2 {
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+                ("client_id", "fake-client-id"),
+                ("client_secret", "fake-client-secret"),
+            ];
+            let v = body(post_token(&fake, &form).await).await;
+            assert_eq!(v["refresh_token"], refresh.as_str());
+            assert_eq!(v["expires_in"], 60);
+        }
+        assert_eq!(fake.stats().token_refreshes, 2);
+    }
+
+    #[tokio::test]
+    async fn rolling_window_rate_limit_with_headers() {
+        let fake = HubSpotFake::start(FakeConfig {
+            rate_limit: Some(FakeRateLimit::new(3, Duration::from_millis(300))),
+            ..FakeConfig::default()
+        })
+        .await;
+        for remaining in ["2", "1", "0"] {
+            let resp = get(&fake, "/crm/v3/objects/contacts?limit=1", Some(PAT)).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(
+                header(&resp, "x-hubspot-ratelimit-max").as_deref(),
+                Some("3")
+            );
+            assert_eq!(
+                header(&resp, "x-hubspot-ratelimit-remaining").as_deref(),
+                Some(remaining)
+            );
+            assert_eq!(
+                header(&resp, "x-hubspot-ratelimit-interval-milliseconds").as_deref(),
+                Some("300")
+            );
+            assert_eq!(
+                header(&resp, "x-hubspot-ratelimit-daily").as_deref(),
+                Some("1000000")
+            );
+            assert!(header(&resp, "x-hubspot-ratelimit-daily-remaining").is_some());
+        }
+        let resp = get(&fake, "/crm/v3/objects/contacts?limit=1", Some(PAT)).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(
+            header(&resp, "x-hubspot-ratelimit-remaining").as_deref(),
+            Some("0")
+        );
+        let v = body(resp).await;
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errorType"], "RATE_LIMIT");
+        assert_eq!(v["policyName"], "TEN_SECONDLY_ROLLING");
+        assert_eq!(
+            v["message"],
+            "You have reached your ten_secondly_rolling limit."
+        );
+        assert!(v["groupName"].as_str().is_some());
+        let stats = fake.stats();
+        assert_eq!(stats.rate_limited, 1);
+        assert_eq!(stats.max_in_window, 3);
+
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        // OAuth calls carry the interval headers but not the daily pair.
+        let (access, _) = fake.mint_tokens();
+        let resp = get(&fake, "/crm/v3/objects/contacts?limit=1", Some(&access)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            header(&resp, "x-hubspot-ratelimit-max").as_deref(),
+            Some("3")
+        );
+        assert!(header(&resp, "x-hubspot-ratelimit-daily").is_none());
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts?limit=1", Some(PAT))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(fake.stats().max_in_window, 3);
+
+        fake.set_rate_limit(None);
+        let resp = get(&fake, "/crm/v3/objects/contacts?limit=1", Some(&access)).await;
+        assert!(header(&resp, "x-hubspot-ratelimit-max").is_none());
+    }
+
+    #[tokio::test]
+    async fn search_rate_limit_is_secondly() {
+        let fake = HubSpotFake::start(FakeConfig {
+            search_rate_limit: Some(FakeRateLimit::new(2, Duration::from_secs(5))),
+            ..FakeConfig::default()
+        })
+        .await;
+        let req =
+            json!({"filterGroups": [], "sorts": [], "properties": [], "limit": 1, "after": "0"});
+        for _ in 0..2 {
+            let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &req).await;
+            assert_eq!(resp.status(), 200);
+        }
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &req).await;
+        assert_eq!(resp.status(), 429);
+        let v = body(resp).await;
+        assert_eq!(v["policyName"], "SECONDLY");
+        assert_eq!(v["message"], "You have reached your secondly limit.");
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts", Some(PAT))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(fake.stats().rate_limited, 1);
+    }
+
+    #[tokio::test]
+    async fn huge_properties_answer_414() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let names: Vec<String> = (0..600).map(|i| format!("property_{i:04}")).collect();
+        let long = names.join(",");
+        assert!(long.len() > 7000);
+        let resp = get(
+            &fake,
+            &format!("/crm/v3/objects/contacts?properties={long}"),
+            Some(PAT),
+        )
+        .await;
+        assert_eq!(resp.status(), 414);
+        assert!(resp.bytes().await.expect("body").is_empty());
+        let short = names[..300].join(",");
+        let resp = get(
+            &fake,
+            &format!("/crm/v3/objects/contacts?properties={short}"),
+            Some(PAT),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn batch_read_partial_errors() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let req = json!({
+            "inputs": [{"id": "1000"}, {"id": "1001"}, {"id": "5"}, {"id": "900000000"}],
+            "properties": ["email"],
+            "propertiesWithHistory": ["email"],
+        });
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/batch/read", &req).await;
+        assert_eq!(resp.status(), 207);
+        let v = body(resp).await;
+        assert_eq!(v["status"], "COMPLETE");
+        assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["numErrors"], 1);
+        assert_eq!(v["errors"][0]["category"], "OBJECT_NOT_FOUND");
+        assert_eq!(v["errors"][0]["context"]["ids"], json!(["5", "900000000"]));
+        assert!(v["startedAt"].as_str().is_some() && v["completedAt"].as_str().is_some());
+        assert_eq!(keys(&v["results"][0]["properties"]), ["email"]);
+        assert!(v["results"][0]["propertiesWithHistory"]["email"].is_array());
+
+        let ok =
+            json!({"inputs": [{"id": "900000001"}], "properties": [], "propertiesWithHistory": []});
+        let resp = post_json(
+            &fake,
+            "/crm/v3/objects/contacts/batch/read?archived=true",
+            &ok,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let v = body(resp).await;
+        assert!(v.get("errors").is_none());
+        assert_eq!(v["results"][0]["archived"], true);
+
+        let many: Vec<Value> = (0..101)
+            .map(|i| json!({"id": (1000 + i).to_string()}))
+            .collect();
+        let resp = post_json(
+            &fake,
+            "/crm/v3/objects/contacts/batch/read",
+            &json!({"inputs": many}),
+        )
+        .await;
+        assert_eq!(resp.status(), 400);
+        let resp = reqwest::Client::new()
+            .post(format!("{}/crm/v3/objects/contacts/batch/read", fake.uri()))
+            .bearer_auth(PAT)
+            .body("{not json")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 400);
+        assert_error_body(&body(resp).await, "VALIDATION_ERROR");
+    }
+
+    #[tokio::test]
+    async fn search_windows_sorts_and_cap() {
+        let mut config = FakeConfig::default();
+        config
+            .objects
+            .insert("contacts".into(), ObjectSeed::new(10_050, 0));
+        let fake = HubSpotFake::start(config).await;
+        let updated: Vec<(String, String)> = (0..10_050)
+            .map(|i| {
+                let r = fake.record("contacts", i);
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                let at = r["updatedAt"].as_str().unwrap_or_default().to_string();
+                (at, id)
+            })
+            .collect();
+        let mut sorted = updated.clone();
+        sorted.sort();
+        let threshold = sorted[sorted.len() - 450].0.clone();
+        let mut expected: Vec<(String, String)> = updated
+            .iter()
+            .filter(|(at, _)| *at >= threshold)
+            .cloned()
+            .collect();
+        expected.sort_by(|a, b| {
+            a.0.cmp(&b.0).then(
+                a.1.parse::<u64>()
+                    .unwrap_or(0)
+                    .cmp(&b.1.parse::<u64>().unwrap_or(0)),
+            )
+        });
+
+        // Incremental window: lastmodifieddate >= threshold, ascending.
+        let mut after = "0".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let req = json!({
+                "filterGroups": [{"filters": [
+                    {"propertyName": "lastmodifieddate", "operator": "GTE", "value": threshold}
+                ]}],
+                "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+                "properties": ["lastmodifieddate"],
+                "limit": 200,
+                "after": after,
+            });
+            let v = body(post_json(&fake, "/crm/v3/objects/contacts/search", &req).await).await;
+            assert_eq!(v["total"].as_u64(), Some(expected.len() as u64));
+            for r in v["results"].as_array().expect("results") {
+                seen.push((
+                    r["properties"]["lastmodifieddate"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    r["id"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            match v["paging"]["next"]["after"].as_str() {
+                Some(a) => after = a.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected);
+
+        // Plain-string sorts, hs_object_id filters, BETWEEN in epoch millis.
+        let req = json!({
+            "filterGroups": [{"filters": [
+                {"propertyName": "hs_object_id", "operator": "GT", "value": "11044"}
+            ]}, {"filters": [
+                {"propertyName": "hs_object_id", "operator": "BETWEEN", "value": "1000", "highValue": "1001"}
+            ]}],
+            "sorts": ["hs_object_id"],
+            "properties": [], "limit": 10, "after": null,
+        });
+        let v = body(post_json(&fake, "/crm/v3/objects/contacts/search", &req).await).await;
+        let ids: Vec<&str> = v["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["1000", "1001", "11045", "11046", "11047", "11048", "11049"]
+        );
+        assert!(v.get("paging").is_none());
+
+        // The 10,000-result cap.
+        let all = |after: &str| json!({"filterGroups": [], "sorts": ["hs_object_id"], "properties": ["email"], "limit": 200, "after": after});
+        let v = body(post_json(&fake, "/crm/v3/objects/contacts/search", &all("9900")).await).await;
+        assert_eq!(v["total"], 10_050);
+        assert_eq!(v["results"].as_array().map(Vec::len), Some(100));
+        assert_eq!(v["results"][0]["id"], "10900");
+        assert_eq!(v["paging"]["next"]["after"], "10000");
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &all("10000")).await;
+        assert_eq!(resp.status(), 400);
+        assert_error_body(&body(resp).await, "VALIDATION_ERROR");
+        let mut too_big = all("0");
+        too_big["limit"] = json!(201);
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &too_big).await;
+        assert_eq!(resp.status(), 400);
+        let bad_prop = json!({"filterGroups": [{"filters": [{"propertyName": "nope", "operator": "EQ", "value": "1"}]}]});
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &bad_prop).await;
+        assert_eq!(resp.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn fault_injection() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        fake.fail_next(2, 503);
+        for _ in 0..2 {
+            let resp = get(&fake, "/crm/v3/objects/contacts", Some(PAT)).await;
+            assert_eq!(resp.status(), 503);
+            assert_error_body(&body(resp).await, "SERVICE_UNAVAILABLE");
+        }
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts", Some(PAT))
+                .await
+                .status(),
+            200
+        );
+
+        fake.fail_next_with_retry_after(1, 7);
+        let resp = get(&fake, "/crm/v3/objects/contacts", Some(PAT)).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(header(&resp, "retry-after").as_deref(), Some("7"));
+        assert_eq!(body(resp).await["policyName"], "TEN_SECONDLY_ROLLING");
+        assert_eq!(fake.stats().rate_limited, 1);
+
+        fake.token_endpoint_fail_next(1, 502);
+        let (_, refresh) = fake.mint_tokens();
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", "fake-client-id"),
+            ("client_secret", "fake-client-secret"),
+        ];
+        assert_eq!(post_token(&fake, &form).await.status(), 502);
+        assert_eq!(post_token(&fake, &form).await.status(), 200);
+
+        // Malformed page 1 (records 10..20 with limit 10).
+        fake.malformed_page("contacts", 1);
+        let p0 = body(get(&fake, "/crm/v3/objects/contacts?limit=10", Some(PAT)).await).await;
+        assert!(p0["results"][3]["properties"].is_object());
+        let after = p0["paging"]["next"]["after"]
+            .as_str()
+            .expect("after")
+            .to_string();
+        let path = format!("/crm/v3/objects/contacts?limit=10&after={after}");
+        let p1 = body(get(&fake, &path, Some(PAT)).await).await;
+        assert!(p1["results"][3]["properties"].is_string());
+        assert!(p1["results"][2]["properties"].is_object());
+
+        // Repeating cursor from page 2 on.
+        fake.repeat_cursor("contacts", 2);
+        let after2 = p1["paging"]["next"]["after"]
+            .as_str()
+            .expect("after")
+            .to_string();
+        let path = format!("/crm/v3/objects/contacts?limit=10&after={after2}");
+        let p2 = body(get(&fake, &path, Some(PAT)).await).await;
+        assert_eq!(
+            p2["paging"]["next"]["after"].as_str(),
+            Some(after2.as_str())
+        );
+        fake.clear_faults();
+        let p2 = body(get(&fake, &path, Some(PAT)).await).await;
+        assert_ne!(
+            p2["paging"]["next"]["after"].as_str(),
+            Some(after2.as_str())
+        );
+
+        fake.set_latency(Duration::from_millis(80));
+        let started = Instant::now();
+        assert_eq!(
+            get(&fake, "/account-info/v3/details", Some(PAT))
+                .await
+                .status(),
+            200
+        );
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        assert_eq!(fake.config().latency, Duration::from_millis(80));
+
+        let stats = fake.stats();
+        assert!(stats.requests >= 9);
+        fake.reset_stats();
+        assert_eq!(fake.stats(), FakeStats::default());
+    }
+
+    #[tokio::test]
+    async fn metadata_endpoints() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let v = body(get(&fake, "/crm/v3/properties/contacts", Some(PAT)).await).await;
+        let props = v["results"].as_array().expect("results");
+        assert_eq!(props.len(), 23);
+        let mut types: Vec<&str> = props.iter().filter_map(|p| p["type"].as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(
+            types,
+            [
+                "bool",
+                "date",
+                "datetime",
+                "enumeration",
+                "number",
+                "phone_number",
+                "string"
+            ]
+        );
+        for p in props {
+            for field in [
+                "name",
+                "label",
+                "type",
+                "fieldType",
+                "groupName",
+                "description",
+            ] {
+                assert!(p[field].is_string(), "{field} in {p}");
+            }
+            assert!(p["modificationMetadata"]["readOnlyValue"].is_boolean());
+            if p["type"] == "enumeration" && p["externalOptions"] == false {
+                let options = p["options"].as_array().expect("options");
+                assert!(!options.is_empty(), "{p}");
+                assert!(options
+                    .iter()
+                    .all(|o| o["label"].is_string() && o["hidden"] == false));
+            }
+        }
+        let custom =
+            body(get(&fake, "/crm/v3/properties/deals/custom_prop_4", Some(PAT)).await).await;
+        assert_eq!(custom["fieldType"], "calculation_equation");
+        assert_eq!(custom["calculated"], true);
+
+        // Owners: paged by `after`, limit capped at 500.
+        let mut owners = Vec::new();
+        let mut path = "/crm/v3/owners?limit=5".to_string();
+        loop {
+            let v = body(get(&fake, &path, Some(PAT)).await).await;
+            for o in v["results"].as_array().expect("results") {
+                assert_eq!(o["type"], "PERSON");
+                owners.push(o["id"].as_str().unwrap_or_default().to_string());
+            }
+            match v["paging"]["next"]["after"].as_str() {
+                Some(a) => path = format!("/crm/v3/owners?limit=5&after={a}"),
+                None => break,
+            }
+        }
+        assert_eq!(owners.len(), 12);
+        assert_eq!(
+            get(&fake, "/crm/v3/owners?limit=501", Some(PAT))
+                .await
+                .status(),
+            400
+        );
+        let deal = fake.record("deals", 0);
+        let owner_ids: HashSet<&String> = owners.iter().collect();
+        for i in 0..80 {
+            if let Some(owner) = fake.record("deals", i)["properties"]["hubspot_owner_id"].as_str()
+            {
+                if !owner.is_empty() {
+                    assert!(owner_ids.contains(&owner.to_string()), "{owner}");
+                }
+            }
+        }
+
+        // Pipelines: deal stages match the pipeline of each deal.
+        let v = body(get(&fake, "/crm/v3/pipelines/deals", Some(PAT)).await).await;
+        let pipelines = v["results"].as_array().expect("results");
+        assert_eq!(pipelines.len(), 2);
+        assert!(pipelines[0]["stages"][0]["metadata"]["probability"].is_string());
+        let pipeline = deal["properties"]["pipeline"].as_str().expect("pipeline");
+        let stage = deal["properties"]["dealstage"].as_str().expect("stage");
+        let p = pipelines
+            .iter()
+            .find(|p| p["id"] == pipeline)
+            .expect("known pipeline");
+        assert!(p["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .any(|s| s["id"] == stage));
+        let v = body(get(&fake, "/crm/v3/pipelines/tickets", Some(PAT)).await).await;
+        assert_eq!(
+            v["results"][0]["stages"][3]["metadata"]["ticketState"],
+            "CLOSED"
+        );
+
+        let v = body(get(&fake, "/account-info/v3/details", Some(PAT)).await).await;
+        assert_eq!(v["portalId"], 62515);
+        assert_eq!(v["companyCurrency"], "USD");
+    }
+}

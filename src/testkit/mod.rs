@@ -1,0 +1,38 @@
+//! Provider fakes for tests, benchmarks and examples.
+//!
+//! This module is compiled only with the `testkit` feature. It holds
+//! in-process fakes of the SaaS APIs headwater talks to. Each fake is a real
+//! HTTP server on `127.0.0.1` (built on [`wiremock`]) whose behaviour is
+//! hand-written from the providers' official API descriptions: field names,
+//! pagination, error bodies, OAuth token flows and rate-limit headers follow
+//! what the vendor documents, so code tested against a fake talks to the real
+//! service the same way.
+//!
+//! The fakes are stateful and deterministic: records are generated on the fly
+//! from a seed, so a fake can serve a million records without storing them,
+//! and test code can ask the fake for the exact truth it serves. Faults
+//! (server errors, rate limiting, malformed pages, repeating cursors, expired
+//! tokens) can be injected while a test runs.
+//!
+//! The testkit is public so that users of headwater can test their own
+//! pipelines without credentials or network access:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use headwater::testkit::{FakeConfig, HubSpotFake};
+//!
+//! let fake = HubSpotFake::start(FakeConfig::default()).await;
+//! let base_url = fake.uri(); // point the HubSpot source here
+//! let token = "pat-fake-token"; // accepted private-app token
+//! # let _ = (base_url, token);
+//! # }
+//! ```
+//!
+//! Available fakes:
+//!
+//! - [`hubspot`]: HubSpot CRM v3 objects (list, batch read, search),
+//!   properties, owners, pipelines, OAuth v1 tokens and account details.
+
+pub mod hubspot;
+
+pub use hubspot::{FakeConfig, FakeRateLimit, FakeStats, HubSpotFake, ObjectSeed};

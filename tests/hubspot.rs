@@ -1,0 +1,599 @@
+//! The HubSpot client and source against the testkit fake: pagination,
+//! retries, rate limits, tokens, request plans, decode errors.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use headwater::auth::{
+    AccessTokenSource, Callback, MemoryTokenStore, OAuthClient, OAuthConfig, TokenProvider,
+    TokenSet, TokenStore,
+};
+use headwater::http::{Limits, RetryConfig};
+use headwater::hubspot::{HubSpot, HubSpotSource, PRIVATE_APP_LIMIT};
+use headwater::schema::FieldType;
+use headwater::source::{Page, Source};
+use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, ObjectSeed};
+use headwater::{AuthErrorKind, Error};
+use secrecy::ExposeSecret;
+
+const PAT: &str = "pat-fake-token";
+
+fn config(contacts: usize) -> FakeConfig {
+    let mut c = FakeConfig::default();
+    c.objects.insert(
+        "contacts".into(),
+        ObjectSeed {
+            count: contacts,
+            archived: 3,
+        },
+    );
+    c
+}
+
+fn fast_retry() -> RetryConfig {
+    RetryConfig::default().with_backoff(Duration::from_millis(5), Duration::from_millis(20))
+}
+
+fn client(fake: &HubSpotFake) -> HubSpot {
+    HubSpot::builder()
+        .private_app_token(PAT.into())
+        .base_url(fake.uri())
+        .retry(fast_retry())
+        .limits(Limits::default())
+        .build()
+        .expect("client")
+}
+
+async fn read_all(source: &HubSpotSource, stream: &str) -> Result<Vec<Page>, Error> {
+    let schema = source.schema(stream).await?;
+    source.read(&schema, None).try_collect().await
+}
+
+#[tokio::test]
+async fn pagination_reads_every_record_once_over_many_pages() {
+    let fake = HubSpotFake::start(config(1_050)).await;
+    let source = HubSpotSource::new(client(&fake));
+    let pages = read_all(&source, "contacts").await.expect("read");
+    // 11 pages of live contacts (100 each, last 50) and 1 of archived ones.
+    assert_eq!(pages.len(), 12);
+    let ids: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.records.iter().map(|r| r.id.clone()))
+        .collect();
+    let unique: HashSet<_> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "no record twice");
+    let mut want: HashSet<String> = fake.ids("contacts", false).into_iter().collect();
+    assert_eq!(want.len(), 1_050);
+    let archived: HashSet<String> = fake.ids("contacts", true).into_iter().collect();
+    want.extend(archived.iter().cloned());
+    assert_eq!(unique, want);
+    // Archived records come marked deleted.
+    for r in pages.iter().flat_map(|p| &p.records) {
+        assert_eq!(r.deleted, archived.contains(&r.id), "{}", r.id);
+    }
+    // The typed SDK path walks the same listing.
+    let typed: Vec<_> = client(&fake)
+        .contacts()
+        .list()
+        .stream()
+        .try_collect()
+        .await
+        .expect("typed");
+    assert_eq!(typed.len(), 1_050);
+    assert!(typed.iter().any(|c| c.email.is_some()));
+}
+
+#[tokio::test]
+async fn records_are_typed_by_the_properties_schema() {
+    let fake = HubSpotFake::start(config(120)).await;
+    let source = HubSpotSource::new(client(&fake));
+    let schema = source.schema("contacts").await.expect("schema");
+    let types: std::collections::HashMap<_, _> = schema
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.field_type))
+        .collect();
+    assert_eq!(types["email"], FieldType::String);
+    assert_eq!(types["createdate"], FieldType::Timestamp);
+    assert_eq!(types["updatedAt"], FieldType::Timestamp);
+    let mut seen = HashSet::new();
+    for p in source.client().properties("contacts").await.expect("props") {
+        seen.insert(p.property_type.clone());
+        let want = headwater::hubspot::property_field_type(&p.property_type, &p.field_type);
+        assert_eq!(types[p.name.as_str()], want, "{}", p.name);
+    }
+    for t in [
+        "string",
+        "number",
+        "date",
+        "datetime",
+        "enumeration",
+        "bool",
+    ] {
+        assert!(seen.contains(t), "the fake serves a `{t}` property");
+    }
+    let pages = read_all(&source, "contacts").await.expect("read");
+    for r in pages.iter().flat_map(|p| &p.records) {
+        for (k, v) in &r.data {
+            let ok = match (types.get(k.as_str()), v) {
+                (_, serde_json::Value::Null) => true,
+                (Some(FieldType::Number), v) => v.is_number(),
+                (Some(FieldType::Boolean), v) => v.is_boolean(),
+                (Some(FieldType::String | FieldType::Date | FieldType::Timestamp), v) => {
+                    v.is_string()
+                }
+                (Some(_), _) => true,
+                (None, _) => false,
+            };
+            assert!(ok, "{}: field {k} = {v} does not fit its schema type", r.id);
+            if let serde_json::Value::String(s) = v {
+                assert!(
+                    !(s.is_empty() && types.get(k.as_str()) != Some(&FieldType::String)),
+                    "blank {k} must be null"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_repeating_cursor_stops_with_a_clear_error() {
+    let fake = HubSpotFake::start(config(1_000)).await;
+    fake.repeat_cursor("contacts", 3);
+    let source = HubSpotSource::new(client(&fake));
+    let err = read_all(&source, "contacts").await.expect_err("must stop");
+    match err {
+        Error::CursorRepeated { what, pages, .. } => {
+            assert!(what.contains("contacts"), "{what}");
+            assert!(pages >= 3, "{pages}");
+        }
+        other => panic!("expected CursorRepeated, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_page_names_the_stream_page_and_path() {
+    let fake = HubSpotFake::start(config(500)).await;
+    fake.malformed_page("contacts", 2);
+    let source = HubSpotSource::new(client(&fake));
+    let err = read_all(&source, "contacts").await.expect_err("must fail");
+    match &err {
+        Error::Decode { what, path, .. } => {
+            assert!(what.contains("contacts page 3"), "{what}");
+            assert!(path.starts_with("results"), "{path}");
+        }
+        other => panic!("expected Decode, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_on_429() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let hs = client(&fake);
+    fake.fail_next_with_retry_after(1, 1);
+    let start = Instant::now();
+    let owners: Vec<_> = hs
+        .owners(false)
+        .try_collect()
+        .await
+        .expect("second attempt succeeds");
+    assert!(!owners.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        start.elapsed()
+    );
+    let stats = hs.stats();
+    assert_eq!(
+        (stats.requests, stats.retries, stats.rate_limited),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_reported_typed() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let hs = HubSpot::builder()
+        .private_app_token(PAT.into())
+        .base_url(fake.uri())
+        .retry(fast_retry().with_max_retries(2))
+        .build()
+        .expect("client");
+    fake.fail_next(2, 502);
+    let ok: Vec<_> = hs
+        .owners(false)
+        .try_collect()
+        .await
+        .expect("third attempt succeeds");
+    assert!(!ok.is_empty());
+    fake.fail_next(10, 503);
+    let err = hs
+        .owners(false)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("retries run out");
+    assert_eq!(err.status(), Some(503));
+    assert!(err.is_retryable());
+    match &err {
+        Error::Api { body, path, .. } => {
+            assert_eq!(path, "/crm/v3/owners");
+            assert!(
+                body.correlation_id.is_some(),
+                "HubSpot's error body is parsed: {body:?}"
+            );
+        }
+        other => panic!("expected Api, got {other}"),
+    }
+    // 3 + 3 attempts.
+    assert_eq!(hs.stats().requests, 6);
+}
+
+async fn oauth_provider(
+    fake: &HubSpotFake,
+    store: Arc<dyn TokenStore>,
+    tokens: TokenSet,
+) -> TokenProvider {
+    let oauth = OAuthClient::new(
+        OAuthConfig::hubspot(
+            fake.config().client_id.clone(),
+            fake.config().client_secret.clone().into(),
+        )
+        .with_token_url(&format!("{}/oauth/v1/token", fake.uri()))
+        .expect("url"),
+    )
+    .expect("oauth")
+    .with_retry(fast_retry());
+    TokenProvider::new(oauth, store, "hubspot/test", Some(tokens))
+        .await
+        .expect("provider")
+}
+
+#[tokio::test]
+async fn a_401_refreshes_once_and_retries() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let (access, refresh) = fake.mint_tokens();
+    let tokens = TokenSet::new(
+        access.into(),
+        Some(refresh.into()),
+        Some(Duration::from_secs(1800)),
+    );
+    let provider = oauth_provider(&fake, Arc::new(MemoryTokenStore::new()), tokens).await;
+    let hs = HubSpot::builder()
+        .oauth(provider.clone())
+        .base_url(fake.uri())
+        .retry(fast_retry())
+        .build()
+        .expect("client");
+    fake.expire_access_tokens();
+    let owners: Vec<_> = hs
+        .owners(false)
+        .try_collect()
+        .await
+        .expect("refreshed and retried");
+    assert!(!owners.is_empty());
+    assert_eq!(provider.refresh_count(), 1);
+    assert_eq!(fake.stats().token_refreshes, 1);
+    // A token that is refused even after a refresh is an auth error, not a loop.
+    let hs = HubSpot::builder()
+        .private_app_token("pat-not-known".into())
+        .base_url(fake.uri())
+        .build()
+        .expect("client");
+    let err = hs
+        .owners(false)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                kind: AuthErrorKind::Rejected,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_on_an_expired_token_make_one_refresh() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let (_, refresh) = fake.mint_tokens();
+    // Only a refresh token: the access token is "expired".
+    let provider = oauth_provider(
+        &fake,
+        Arc::new(MemoryTokenStore::new()),
+        TokenSet::from_refresh_token(refresh.into()),
+    )
+    .await;
+    let hs = HubSpot::builder()
+        .oauth(provider.clone())
+        .base_url(fake.uri())
+        .limits(Limits::default())
+        .build()
+        .expect("client");
+    let results = futures::future::join_all((0..50).map(|_| {
+        let hs = hs.clone();
+        async move { hs.owners(false).try_collect::<Vec<_>>().await }
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(fake.stats().token_refreshes, 1);
+    assert_eq!(provider.refresh_count(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_persisted_before_use() {
+    let mut cfg = config(10);
+    cfg.rotate_refresh_tokens = true;
+    let fake = HubSpotFake::start(cfg).await;
+    let (_, refresh) = fake.mint_tokens();
+    let store = Arc::new(MemoryTokenStore::new());
+    let provider = oauth_provider(
+        &fake,
+        store.clone(),
+        TokenSet::from_refresh_token(refresh.clone().into()),
+    )
+    .await;
+    let access = provider.access_token().await.expect("refresh");
+    let stored = store
+        .load("hubspot/test")
+        .await
+        .expect("load")
+        .expect("stored");
+    let new_refresh = stored
+        .refresh_token
+        .as_ref()
+        .expect("refresh token")
+        .expose_secret()
+        .to_owned();
+    assert_ne!(new_refresh, refresh, "the fake rotated the refresh token");
+    assert_eq!(
+        stored
+            .access_token
+            .as_ref()
+            .map(|a| a.expose_secret().to_owned()),
+        Some(access.expose_secret().to_owned())
+    );
+    // A new process seeded with the spent token uses the stored one instead.
+    let again = oauth_provider(
+        &fake,
+        store.clone(),
+        TokenSet::from_refresh_token(refresh.clone().into()),
+    )
+    .await;
+    assert_eq!(
+        again
+            .tokens()
+            .refresh_token
+            .map(|r| r.expose_secret().to_owned()),
+        Some(new_refresh)
+    );
+    // The spent token itself is refused as "connect again".
+    let spent = oauth_provider(
+        &fake,
+        Arc::new(MemoryTokenStore::new()),
+        TokenSet::from_refresh_token(refresh.into()),
+    )
+    .await;
+    let err = spent.access_token().await.expect_err("spent");
+    assert!(err.needs_reauthorization(), "{err}");
+}
+
+#[tokio::test]
+async fn oauth_connect_checks_state_exchanges_the_code_and_identifies_the_account() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let oauth = OAuthClient::new(
+        OAuthConfig::hubspot(
+            fake.config().client_id.clone(),
+            fake.config().client_secret.clone().into(),
+        )
+        .with_token_url(&format!("{}/oauth/v1/token", fake.uri()))
+        .expect("url")
+        .with_redirect_url("http://127.0.0.1:8765/callback")
+        .expect("url"),
+    )
+    .expect("oauth");
+    let req = oauth.authorize_url();
+    let code = fake.authorize(&["oauth", "crm.objects.contacts.read"]);
+    let forged = Callback::from_query(&format!("code={code}&state=forged"));
+    assert!(oauth.exchange_code(&req.pending, &forged).await.is_err());
+    let cb = Callback::from_query(&format!("code={code}&state={}", req.pending.state()));
+    let tokens = oauth
+        .exchange_code(&req.pending, &cb)
+        .await
+        .expect("exchange");
+    assert!(tokens.refresh_token.is_some() && tokens.expires_at.is_some());
+    // A code is single use.
+    let err = oauth
+        .exchange_code(&req.pending, &cb)
+        .await
+        .expect_err("reused code");
+    assert!(err.needs_reauthorization(), "{err}");
+    let provider = TokenProvider::new(
+        oauth,
+        Arc::new(MemoryTokenStore::new()),
+        "hubspot/new",
+        Some(tokens),
+    )
+    .await
+    .expect("provider");
+    let source = HubSpotSource::new(
+        HubSpot::builder()
+            .oauth(provider)
+            .base_url(fake.uri())
+            .build()
+            .expect("client"),
+    );
+    let info = source.check().await.expect("check");
+    assert_eq!(info.account_id, fake.config().hub_id.to_string());
+    assert_eq!(
+        info.name.as_deref(),
+        Some(fake.config().hub_domain.as_str())
+    );
+    assert_eq!(info.user.as_deref(), Some(fake.config().user.as_str()));
+    assert!(info.scopes.iter().any(|s| s == "crm.objects.contacts.read"));
+    assert!(
+        !info.details.contains_key("token"),
+        "the token is not echoed into account details"
+    );
+    // A private app is identified through the account details.
+    let info = HubSpotSource::new(client(&fake))
+        .check()
+        .await
+        .expect("check");
+    assert_eq!(info.account_id, fake.config().hub_id.to_string());
+}
+
+#[tokio::test]
+async fn hundreds_of_custom_properties_never_make_a_414() {
+    let mut cfg = config(250);
+    cfg.custom_properties = 700;
+    let fake = HubSpotFake::start(cfg).await;
+    let source = HubSpotSource::new(client(&fake));
+    let schema = source.schema("contacts").await.expect("schema");
+    assert!(schema.fields.len() > 700);
+    fake.reset_stats();
+    let pages: Vec<Page> = source
+        .read(&schema, None)
+        .try_collect()
+        .await
+        .expect("no 414");
+    let records: Vec<_> = pages.iter().flat_map(|p| &p.records).collect();
+    assert_eq!(records.iter().filter(|r| !r.deleted).count(), 250);
+    // Every property arrives, through list-ids + batch read: 2 calls per page.
+    assert!(records[0].data.len() > 700, "{}", records[0].data.len());
+    assert_eq!(fake.stats().requests, 2 * pages.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_at_hubspots_quota_draws_no_429_from_the_rolling_window() {
+    let mut cfg = config(10);
+    cfg.rate_limit = Some(FakeRateLimit {
+        max: 190,
+        window: Duration::from_secs(10),
+    });
+    let fake = HubSpotFake::start(cfg).await;
+    let hs = HubSpot::builder()
+        .private_app_token(PAT.into())
+        .base_url(fake.uri())
+        .retry(RetryConfig::none())
+        .limits(Limits::standard(PRIVATE_APP_LIMIT))
+        .build()
+        .expect("client");
+    // 300 requests from 10 concurrent tasks.
+    let results = futures::stream::iter(0..300)
+        .map(|_| {
+            let hs = hs.clone();
+            async move { hs.pipelines("deals").await }
+        })
+        .buffer_unordered(10)
+        .collect::<Vec<_>>()
+        .await;
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    let stats = fake.stats();
+    assert_eq!(stats.rate_limited, 0);
+    assert_eq!(hs.stats().rate_limited, 0);
+    assert!(stats.max_in_window <= 190, "{}", stats.max_in_window);
+    // And the limiter does not leave the quota idle: the busiest window is
+    // close to the ceiling.
+    assert!(
+        stats.max_in_window >= 170,
+        "busiest window only {}",
+        stats.max_in_window
+    );
+}
+
+#[tokio::test]
+async fn other_streams_owners_pipelines_and_any_object_type() {
+    let mut cfg = config(10);
+    cfg.objects.insert(
+        "calls".into(),
+        ObjectSeed {
+            count: 130,
+            archived: 0,
+        },
+    );
+    let fake = HubSpotFake::start(cfg).await;
+    let source = HubSpotSource::new(client(&fake)).with_archived(false);
+    let owners = read_all(&source, "owners").await.expect("owners");
+    assert_eq!(
+        owners.iter().map(|p| p.records.len()).sum::<usize>(),
+        fake.config().owners
+    );
+    for stream in ["deal_pipelines", "ticket_pipelines"] {
+        let pages = read_all(&source, stream).await.expect(stream);
+        assert!(!pages[0].records.is_empty());
+        assert!(pages[0].records[0].data["stages"].is_array());
+    }
+    let calls = read_all(&source, "calls").await.expect("calls");
+    assert_eq!(calls.iter().map(|p| p.records.len()).sum::<usize>(), 130);
+    assert!(matches!(
+        source.schema("no such; stream").await,
+        Err(Error::Config(_))
+    ));
+    let catalog = source.discover().await.expect("discover");
+    let names: Vec<_> = catalog.streams.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "contacts",
+            "companies",
+            "deals",
+            "tickets",
+            "owners",
+            "deal_pipelines",
+            "ticket_pipelines"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_debug_output() {
+    let fake = HubSpotFake::start(config(10)).await;
+    let (access, refresh) = fake.mint_tokens();
+    let tokens = TokenSet::new(
+        access.clone().into(),
+        Some(refresh.clone().into()),
+        Some(Duration::from_secs(60)),
+    );
+    let provider = oauth_provider(&fake, Arc::new(MemoryTokenStore::new()), tokens.clone()).await;
+    let hs_oauth = HubSpot::builder()
+        .oauth(provider.clone())
+        .base_url(fake.uri())
+        .build()
+        .expect("client");
+    let hs_pat = client(&fake);
+    let cfg = OAuthConfig::hubspot("client", fake.config().client_secret.clone().into());
+    let text = format!(
+        "{tokens:?} {provider:?} {hs_oauth:?} {hs_pat:?} {cfg:?} {:?} {:?}",
+        HubSpotSource::new(hs_pat.clone()),
+        OAuthClient::new(cfg.clone())
+            .expect("oauth")
+            .authorize_url()
+    );
+    for secret in [
+        access.as_str(),
+        refresh.as_str(),
+        PAT,
+        fake.config().client_secret.as_str(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "a secret leaked into Debug output: {text}"
+        );
+    }
+}

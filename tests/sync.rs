@@ -1,0 +1,320 @@
+//! The sync engine into the local files sink, against the HubSpot fake:
+//! checkpoints, resume after a crash with each record exactly once,
+//! metadata on every record, re-sync without duplicates.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use headwater::http::{Limits, RetryConfig};
+use headwater::hubspot::{HubSpot, HubSpotSource};
+use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+use headwater::sinks::files::FilesSink;
+use headwater::sync::{Progress, Sync};
+use headwater::testkit::hubspot::{FakeConfig, HubSpotFake, ObjectSeed};
+use headwater::{Error, Result};
+
+fn source(fake: &HubSpotFake) -> Arc<HubSpotSource> {
+    let hs = HubSpot::builder()
+        .private_app_token("pat-fake-token".into())
+        .base_url(fake.uri())
+        .retry(
+            RetryConfig::default()
+                .with_backoff(Duration::from_millis(5), Duration::from_millis(20)),
+        )
+        .limits(Limits::default())
+        .build()
+        .expect("client");
+    Arc::new(HubSpotSource::new(hs))
+}
+
+async fn fake(contacts: usize, archived: usize) -> HubSpotFake {
+    let mut c = FakeConfig::default();
+    c.objects.insert(
+        "contacts".into(),
+        ObjectSeed {
+            count: contacts,
+            archived,
+        },
+    );
+    HubSpotFake::start(c).await
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
+        .collect()
+}
+
+fn ids_once(rows: &[serde_json::Value]) -> HashSet<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in rows {
+        *counts
+            .entry(r["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated records: {dups:?}");
+    counts.into_keys().collect()
+}
+
+fn truth(fake: &HubSpotFake, object_type: &str) -> HashSet<String> {
+    let mut all: HashSet<String> = fake.ids(object_type, false).into_iter().collect();
+    all.extend(fake.ids(object_type, true));
+    all
+}
+
+#[tokio::test]
+async fn a_full_sync_writes_every_record_with_its_metadata() {
+    let fake = fake(730, 12).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let report = Sync::new(source(&fake), sink.clone())
+        .tenant("acme")
+        .streams(["contacts", "deals", "owners", "deal_pipelines"])
+        .checkpoint_every(2)
+        .on_progress(move |p| ev.lock().expect("lock").push(p.clone()))
+        .run()
+        .await;
+    assert!(report.is_success(), "{report:#?}");
+    let contacts = &report.streams[0];
+    assert_eq!(contacts.records, 742);
+    assert_eq!(contacts.pages, 9);
+    assert_eq!(
+        contacts.requests.requests,
+        9 + 1,
+        "9 list pages and the properties call"
+    );
+    let rows = lines(&sink.data_path("acme", "contacts"));
+    assert_eq!(ids_once(&rows), truth(&fake, "contacts"));
+    let sync_id = contacts.sync_id.expect("sync id").to_string();
+    for r in &rows {
+        assert_eq!(r["_tenant_id"], "acme");
+        assert_eq!(r["_sync_id"], sync_id.as_str());
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(r["_extracted_at"].as_str().expect("time"))
+                .is_ok()
+        );
+        assert_eq!(r["_deleted"], r["archived"]);
+    }
+    let deals = lines(&sink.data_path("acme", "deals"));
+    assert_eq!(ids_once(&deals), truth(&fake, "deals"));
+    // State says complete; nothing partial is left behind.
+    let cp = sink
+        .load_state("acme", "contacts")
+        .await
+        .expect("state")
+        .expect("some");
+    assert!(cp.complete);
+    assert_eq!(cp.records, 742);
+    assert!(!dir.path().join("acme/contacts.jsonl.partial").exists());
+    // Progress: started, pages, commits every 2 pages, finished.
+    let events = events.lock().expect("lock");
+    let commits = events
+        .iter()
+        .filter(|e| matches!(e, Progress::Committed { stream, .. } if stream == "contacts"))
+        .count();
+    assert_eq!(
+        commits, 5,
+        "4 intermediate commits (every 2 of 9 pages) and the final one"
+    );
+    assert!(matches!(
+        events.first(),
+        Some(Progress::StreamStarted { .. })
+    ));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Progress::StreamFinished(_)))
+            .count(),
+        4
+    );
+}
+
+/// A sink that fails at the n-th call of `write` or `commit`: a crash.
+#[derive(Debug)]
+struct CrashingSink {
+    inner: FilesSink,
+    fail_write_at: Option<usize>,
+    fail_commit_at: Option<usize>,
+    writes: AtomicUsize,
+    commits: AtomicUsize,
+}
+
+fn crash() -> Error {
+    Error::Sink {
+        sink: "crashing",
+        message: "simulated crash".into(),
+        source: None,
+    }
+}
+
+#[async_trait]
+impl Sink for CrashingSink {
+    fn name(&self) -> &'static str {
+        "crashing"
+    }
+    async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
+        self.inner.prepare(ctx).await
+    }
+    async fn write(&self, batch: Batch) -> Result<()> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        // Write first, then fail: records past the last commit hit the disk.
+        self.inner.write(batch).await?;
+        if Some(n) == self.fail_write_at {
+            return Err(crash());
+        }
+        Ok(())
+    }
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if Some(n) == self.fail_commit_at {
+            return Err(crash());
+        }
+        self.inner.commit(checkpoint).await
+    }
+    async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
+        self.inner.load_state(tenant, stream).await
+    }
+}
+
+async fn crash_then_resume(fail_write_at: Option<usize>, fail_commit_at: Option<usize>) {
+    let fake = fake(1_234, 40).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashing = Arc::new(CrashingSink {
+        inner: FilesSink::new(dir.path()).expect("sink"),
+        fail_write_at,
+        fail_commit_at,
+        writes: AtomicUsize::new(0),
+        commits: AtomicUsize::new(0),
+    });
+    let first = Sync::new(source(&fake), crashing)
+        .tenant("t1")
+        .streams(["contacts"])
+        .checkpoint_every(3)
+        .run()
+        .await;
+    assert!(!first.is_success(), "the first run must crash");
+    // Uncommitted records are on disk in the partial file.
+    assert!(dir.path().join("t1/contacts.jsonl.partial").exists());
+    assert!(!dir.path().join("t1/contacts.jsonl").exists());
+
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let second = Sync::new(source(&fake), sink.clone())
+        .tenant("t1")
+        .streams(["contacts"])
+        .checkpoint_every(3)
+        .run()
+        .await;
+    assert!(second.is_success(), "{second:#?}");
+    let s = &second.streams[0];
+    assert!(s.resumed);
+    assert_eq!(
+        s.sync_id, first.streams[0].sync_id,
+        "the resumed run keeps its sync id"
+    );
+    assert!(
+        s.records < 1_274,
+        "the resume did not start over ({} records)",
+        s.records
+    );
+    let rows = lines(&sink.data_path("t1", "contacts"));
+    assert_eq!(rows.len(), 1_274);
+    assert_eq!(ids_once(&rows), truth(&fake, "contacts"));
+    let cp = sink
+        .load_state("t1", "contacts")
+        .await
+        .expect("state")
+        .expect("some");
+    assert_eq!(cp.records, 1_274);
+}
+
+#[tokio::test]
+async fn a_crash_after_page_k_then_resume_yields_each_record_exactly_once() {
+    // Page 8 written but not committed (last commit after page 6).
+    crash_then_resume(Some(8), None).await;
+}
+
+#[tokio::test]
+async fn a_crash_between_write_and_commit_then_resume_yields_each_record_exactly_once() {
+    // The 3rd commit fails: pages 7-9 were written, the checkpoint was not.
+    crash_then_resume(None, Some(3)).await;
+}
+
+#[tokio::test]
+async fn a_crash_while_reading_archived_records_then_resume_yields_each_record_exactly_once() {
+    // 13 live pages, then the archived page: fail at the 14th write.
+    crash_then_resume(Some(14), None).await;
+}
+
+#[tokio::test]
+async fn running_twice_replaces_the_snapshot_without_duplicates() {
+    let fake = fake(321, 5).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let mut sync_ids = Vec::new();
+    for _ in 0..2 {
+        let report = Sync::new(source(&fake), sink.clone())
+            .tenant("acme")
+            .streams(["contacts"])
+            .run()
+            .await;
+        assert!(report.is_success());
+        assert!(!report.streams[0].resumed);
+        sync_ids.push(report.streams[0].sync_id);
+        let rows = lines(&sink.data_path("acme", "contacts"));
+        assert_eq!(ids_once(&rows), truth(&fake, "contacts"));
+    }
+    assert_ne!(sync_ids[0], sync_ids[1]);
+}
+
+#[tokio::test]
+async fn a_failing_stream_does_not_stop_the_others() {
+    let fake = fake(150, 0).await;
+    fake.malformed_page("contacts", 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let report = Sync::new(source(&fake), sink.clone())
+        .tenant("acme")
+        .streams(["contacts", "companies"])
+        .run()
+        .await;
+    assert!(!report.is_success());
+    assert!(matches!(
+        report.streams[0].error.as_deref(),
+        Some(Error::Decode { .. })
+    ));
+    assert!(report.streams[1].error.is_none());
+    assert_eq!(
+        ids_once(&lines(&sink.data_path("acme", "companies"))),
+        truth(&fake, "companies")
+    );
+}
+
+#[tokio::test]
+async fn tenants_are_kept_apart_and_hostile_names_stay_inside_the_root() {
+    let fake = fake(20, 0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let sink = Arc::new(FilesSink::new(&root).expect("sink"));
+    for tenant in ["../escape", "a/b", "plain"] {
+        let r = Sync::new(source(&fake), sink.clone())
+            .tenant(tenant)
+            .streams(["contacts"])
+            .run()
+            .await;
+        assert!(r.is_success());
+        let path = sink.data_path(tenant, "contacts");
+        assert!(path.starts_with(&root), "{}", path.display());
+        for row in lines(&path) {
+            assert_eq!(row["_tenant_id"], tenant);
+        }
+    }
+    assert!(!dir.path().join("escape").exists());
+}
