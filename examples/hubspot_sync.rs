@@ -19,7 +19,9 @@
 //!
 //! Other flags: `--tenant ID` (default: the hub id), `--checkpoint-every N`
 //! (pages, default 10), `--fake-contacts N` (records of the bundled fake,
-//! default 2500), `--quiet` (no progress bar).
+//! default 2500), `--rate-limit N|off` (requests per 10 s instead of HubSpot's
+//! documented default for the token kind; `off` for benchmarks against the
+//! fake), `--quiet` (no progress bar).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ use headwater::auth::{
     EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, OAuthClient, OAuthConfig,
     TokenProvider, TokenSet, TokenStore,
 };
+use headwater::http::RateLimit;
 use headwater::hubspot::{HubSpot, HubSpotSource};
 use headwater::sinks::files::FilesSink;
 use headwater::sync::{Progress, Sync};
@@ -41,6 +44,7 @@ struct Args {
     tenant: Option<String>,
     checkpoint_every: usize,
     fake_contacts: usize,
+    rate_limit: Option<Option<u32>>,
     quiet: bool,
 }
 
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         tenant: None,
         checkpoint_every: 10,
         fake_contacts: 2500,
+        rate_limit: None,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -77,6 +82,14 @@ fn parse_args() -> Result<Args, String> {
                 args.fake_contacts = value("--fake-contacts")?
                     .parse()
                     .map_err(|e| format!("--fake-contacts: {e}"))?
+            }
+            "--rate-limit" => {
+                let v = value("--rate-limit")?;
+                args.rate_limit = Some(if v == "off" {
+                    None
+                } else {
+                    Some(v.parse().map_err(|e| format!("--rate-limit: {e}"))?)
+                });
             }
             "--quiet" => args.quiet = true,
             "-h" | "--help" => return Err(String::new()),
@@ -107,7 +120,7 @@ async fn main() {
             if !e.is_empty() {
                 eprintln!("error: {e}");
             }
-            eprintln!("usage: hubspot_sync --out DIR [--streams contacts,deals,...] [--tenant ID] [--checkpoint-every N] [--fake-contacts N] [--quiet]");
+            eprintln!("usage: hubspot_sync --out DIR [--streams contacts,deals,...] [--tenant ID] [--checkpoint-every N] [--fake-contacts N] [--rate-limit N|off] [--quiet]");
             std::process::exit(2);
         }
     };
@@ -191,6 +204,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         hs
     };
 
+    let hubspot = match args.rate_limit {
+        None => hubspot,
+        Some(limit) => {
+            hubspot.with_rate_limit(limit.map(|n| RateLimit::new(n, Duration::from_secs(10))))
+        }
+    };
     let source = HubSpotSource::new(hubspot);
     let account = headwater::source::Source::check(&source).await?;
     eprintln!(

@@ -219,6 +219,25 @@ impl ApiClient {
         }
     }
 
+    /// A client like this one (same HTTP pool, base URL, tokens and retry
+    /// policy) with other limits and fresh counters.
+    pub fn with_limits(&self, limits: Limits) -> ApiClient {
+        let i = &self.inner;
+        ApiClient::new(
+            i.provider,
+            i.http.clone(),
+            i.base_url.clone(),
+            i.auth.clone(),
+            i.retry.clone(),
+            limits,
+        )
+    }
+
+    /// The limits this client observes.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// The provider this client talks to.
     pub fn provider(&self) -> &'static str {
         self.inner.provider

@@ -210,6 +210,17 @@ impl HubSpot {
         &self.client
     }
 
+    /// This client with another general rate limit (`None`: unlimited); the
+    /// search limit stays. Counters start again from zero.
+    pub fn with_rate_limit(&self, limit: Option<RateLimit>) -> HubSpot {
+        let mut limits = self.client.limits().clone();
+        limits.standard = limit;
+        HubSpot {
+            client: self.client.with_limits(limits),
+            kind: self.kind,
+        }
+    }
+
     /// Requests, retries and waits so far.
     pub fn stats(&self) -> RequestStats {
         self.client.stats()

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{CrmObject, HubSpot, PropertyDefinition, PROVIDER};
 use crate::http::RequestStats;
@@ -360,16 +360,17 @@ fn object_record(o: CrmObject, types: &HashMap<String, FieldType>) -> Record {
         archived,
         archived_at,
     } = o;
-    let mut data = Map::new();
-    for (k, v) in properties {
-        let v = match types.get(&k) {
-            Some(t) => coerce(v, *t),
-            None => v,
-        };
-        if SYSTEM_FIELDS.contains(&k.as_str()) {
-            data.insert(record_field_name(&k), v);
-        } else {
-            data.insert(k, v);
+    // Reuse the decoded map: type the values in place, then add the system
+    // fields (renaming the rare property that collides with one).
+    let mut data = properties;
+    for (k, v) in data.iter_mut() {
+        if let Some(t) = types.get(k) {
+            *v = coerce(std::mem::take(v), *t);
+        }
+    }
+    for name in SYSTEM_FIELDS {
+        if let Some(v) = data.remove(name) {
+            data.insert(record_field_name(name), v);
         }
     }
     data.insert("id".into(), Value::String(id.clone()));
