@@ -1,4 +1,53 @@
-//! headwater
+//! # headwater
+//!
+//! Move marketing and CRM data out of SaaS APIs and into a warehouse, with
+//! syncs that resume after a crash without losing or duplicating a record.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use headwater::hubspot::{HubSpot, HubSpotSource};
+//! use headwater::sinks::files::FilesSink;
+//! use headwater::sync::{Progress, Sync};
+//!
+//! # async fn run() -> headwater::Result<()> {
+//! // A private-app token; see `auth` for OAuth with self-refreshing tokens.
+//! let hubspot = HubSpot::builder()
+//!     .private_app_token(std::env::var("HUBSPOT_ACCESS_TOKEN").unwrap_or_default().into())
+//!     .build()?;
+//! let source = Arc::new(HubSpotSource::new(hubspot));
+//! let sink = Arc::new(FilesSink::new("data")?);
+//! let report = Sync::new(source, sink)
+//!     .tenant("acme")
+//!     .streams(["contacts", "companies", "deals", "owners"])
+//!     .checkpoint_every(10)
+//!     .on_progress(|p| {
+//!         if let Progress::StreamFinished(r) = p {
+//!             println!("{}: {} records", r.stream, r.records);
+//!         }
+//!     })
+//!     .run()
+//!     .await;
+//! assert!(report.is_success());
+//! # Ok(()) }
+//! ```
+//!
+//! ## The parts
+//! - [`source::Source`]: a provider as the engine sees it: `check()`,
+//!   `discover()` of typed [`schema::StreamSchema`]s, `read()` of a stream as
+//!   pages, each with the checkpoint valid once its records are stored.
+//!   [`hubspot::HubSpotSource`] implements it on the typed SDK
+//!   [`hubspot::HubSpot`].
+//! - [`http::ApiClient`]: the one HTTP client of every provider (rate
+//!   limits, retries, token refresh on 401, typed errors).
+//! - [`auth`]: OAuth 2.0 connect, [`auth::TokenProvider`] and token stores.
+//! - [`paginate::paginate`]: cursor pagination as a `futures::Stream`.
+//! - [`sink::Sink`]: where records land; [`sinks::files::FilesSink`] is the
+//!   embedded default.
+//! - [`sync::Sync`]: the engine joining them.
+//! - `testkit` (feature `testkit`): provider fakes for tests.
+//!
+//! ## Features
+//! `hubspot` and `files` (default), `testkit`.
 #![warn(missing_docs)]
 
 pub mod auth;

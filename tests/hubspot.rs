@@ -597,3 +597,40 @@ async fn secrets_never_appear_in_debug_output() {
         );
     }
 }
+
+#[tokio::test]
+async fn search_filters_sorts_and_pages_through_the_search_limiter() {
+    use headwater::hubspot::{Filter, Operator};
+    let fake = HubSpotFake::start(config(450)).await;
+    let hs = client(&fake);
+    let ids = fake.ids("contacts", false);
+    let cutoff = &ids[100];
+    let pages: Vec<_> = hs
+        .contacts()
+        .search()
+        .filter_group(vec![Filter::new(
+            "hs_object_id",
+            Operator::Gte,
+            cutoff.clone(),
+        )])
+        .sort("hs_object_id", true)
+        .properties(["email", "hs_object_id"])
+        .limit(200)
+        .pages()
+        .try_collect()
+        .await
+        .expect("search");
+    assert_eq!(pages.len(), 2);
+    assert_eq!(pages[0].total, 350);
+    let got: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.items.iter().map(|c| c.id.clone()))
+        .collect();
+    assert_eq!(got, ids[100..].to_vec(), "ascending by id, from the cutoff");
+    assert_eq!(
+        fake.stats()
+            .per_path
+            .get("POST /crm/v3/objects/contacts/search"),
+        Some(&2)
+    );
+}

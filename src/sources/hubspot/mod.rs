@@ -490,6 +490,30 @@ impl<T: From<CrmObject> + Send + 'static> Objects<T> {
         }
     }
 
+    /// A search (`POST /crm/v3/objects/{type}/search`): filters, one sort,
+    /// properties in the body, pages of up to 200. Goes through the search
+    /// limiter ([`SEARCH_LIMIT`]). `HubSpot` answers at most 10,000 results per
+    /// query; page past that and it answers 400, so narrow the filters
+    /// (e.g. by `hs_object_id`) instead.
+    pub fn search(&self) -> SearchObjects<T> {
+        SearchObjects {
+            hs: self.hs.clone(),
+            object_type: self.object_type.clone(),
+            body: SearchBody {
+                filter_groups: Vec::new(),
+                sorts: Vec::new(),
+                properties: self
+                    .default_properties
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                limit: MAX_SEARCH_LIMIT,
+                after: None,
+            },
+            _t: PhantomData,
+        }
+    }
+
     /// Reads up to 100 objects by id with the given properties
     /// (`POST …/batch/read`). Ids not found are left out.
     pub async fn batch_read(
@@ -605,6 +629,200 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
         self.pages()
             .map_ok(|p| futures::stream::iter(p.items.into_iter().map(Ok)))
             .try_flatten()
+    }
+}
+
+/// Largest page of the search endpoint.
+pub const MAX_SEARCH_LIMIT: u32 = 200;
+
+/// A search filter operator (schema `Filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum Operator {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Neq,
+    /// Less than.
+    Lt,
+    /// Less than or equal.
+    Lte,
+    /// Greater than.
+    Gt,
+    /// Greater than or equal.
+    Gte,
+    /// Between `value` and `high_value`.
+    Between,
+    /// Has any value.
+    HasProperty,
+    /// Has no value.
+    NotHasProperty,
+}
+
+/// One search filter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Filter {
+    /// The property.
+    pub property_name: String,
+    /// The operator.
+    pub operator: Operator,
+    /// The value (as `HubSpot` compares it: a string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The upper bound for [`Operator::Between`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_value: Option<String>,
+}
+
+impl Filter {
+    /// `property operator value`.
+    pub fn new(property: impl Into<String>, operator: Operator, value: impl Into<String>) -> Self {
+        Filter {
+            property_name: property.into(),
+            operator,
+            value: Some(value.into()),
+            high_value: None,
+        }
+    }
+
+    /// `low <= property <= high`.
+    pub fn between(
+        property: impl Into<String>,
+        low: impl Into<String>,
+        high: impl Into<String>,
+    ) -> Self {
+        Filter {
+            property_name: property.into(),
+            operator: Operator::Between,
+            value: Some(low.into()),
+            high_value: Some(high.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FilterGroup {
+    filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Sort {
+    property_name: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchBody {
+    filter_groups: Vec<FilterGroup>,
+    sorts: Vec<Sort>,
+    properties: Vec<String>,
+    limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+}
+
+/// A search request. Nothing is sent until [`SearchObjects::pages`] is
+/// polled.
+#[derive(Debug, Clone)]
+pub struct SearchObjects<T> {
+    hs: HubSpot,
+    object_type: String,
+    body: SearchBody,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// One page of search results with the total `HubSpot` reports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SearchPage<T> {
+    /// The objects.
+    pub items: Vec<T>,
+    /// The next cursor.
+    pub next: Option<String>,
+    /// The number of matches `HubSpot` reports for the whole query.
+    pub total: u64,
+}
+
+impl<T: From<CrmObject> + Send + 'static> SearchObjects<T> {
+    /// Adds a group of filters that must all hold (groups are OR-ed; at most
+    /// 6 groups).
+    pub fn filter_group(mut self, filters: Vec<Filter>) -> Self {
+        self.body.filter_groups.push(FilterGroup { filters });
+        self
+    }
+
+    /// Sorts by `property`, ascending or descending (one sort).
+    pub fn sort(mut self, property: impl Into<String>, ascending: bool) -> Self {
+        self.body.sorts = vec![Sort {
+            property_name: property.into(),
+            direction: if ascending { "ASCENDING" } else { "DESCENDING" },
+        }];
+        self
+    }
+
+    /// Properties to return (in the body: no URL length limit).
+    pub fn properties<I: IntoIterator<Item = S>, S: Into<String>>(mut self, props: I) -> Self {
+        self.body.properties = props.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Page size (1 to 200; default 200).
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.body.limit = limit.clamp(1, MAX_SEARCH_LIMIT);
+        self
+    }
+
+    /// The pages, each with the total and the cursor of the next.
+    pub fn pages(self) -> impl Stream<Item = Result<SearchPage<T>>> + Send + 'static {
+        #[derive(Deserialize)]
+        struct R {
+            #[serde(default)]
+            total: u64,
+            results: Vec<CrmObject>,
+            #[serde(default)]
+            paging: Option<Paging>,
+        }
+        let SearchObjects {
+            hs,
+            object_type,
+            body,
+            ..
+        } = self;
+        let what = format!("{object_type} search");
+        let start = body.after.clone();
+        let body = Arc::new(body);
+        paginate(PROVIDER, what, start, move |after: Option<String>| {
+            let (hs, object_type, body) = (hs.clone(), object_type.clone(), body.clone());
+            async move {
+                let url = hs
+                    .client
+                    .url(&format!("crm/v3/objects/{}/search", enc(&object_type)))?;
+                let mut body = (*body).clone();
+                body.after = after.clone();
+                let r: R = hs
+                    .client
+                    .post_json(url, &body, RequestClass::Search, || {
+                        format!("{object_type} search page (after={after:?})")
+                    })
+                    .await?;
+                let next = r.paging.and_then(|p| p.next).map(|n| n.after);
+                Ok(Paged::new(vec![(r.total, r.results)], next))
+            }
+        })
+        .map_ok(|mut p| {
+            let (total, items) = p.items.pop().unwrap_or_default();
+            SearchPage {
+                items: items.into_iter().map(T::from).collect(),
+                next: p.next,
+                total,
+            }
+        })
     }
 }
 
