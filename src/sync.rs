@@ -405,6 +405,27 @@ impl Sync {
     }
 }
 
+/// Runs many tenants' syncs at once, at most `concurrency` at a time, and
+/// returns their reports in the order given.
+///
+/// Each [`Sync`] brings its own source, so each tenant has its own token
+/// provider and rate limiters: a busy account never spends another's quota.
+/// A tenant's failure (a revoked token, repeated 5xx) is in its own report
+/// and does not stop the others.
+pub async fn run_tenants<I>(syncs: I, concurrency: usize) -> Vec<SyncReport>
+where
+    I: IntoIterator<Item = Sync>,
+{
+    let mut reports: Vec<(usize, SyncReport)> =
+        futures::stream::iter(syncs.into_iter().enumerate())
+            .map(|(i, sync)| async move { (i, sync.run().await) })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
 struct StreamCheckpoint {
     sync_id: Uuid,
     started_at: DateTime<Utc>,

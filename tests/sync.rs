@@ -318,3 +318,42 @@ async fn tenants_are_kept_apart_and_hostile_names_stay_inside_the_root() {
     }
     assert!(!dir.path().join("escape").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tenants_run_at_once_and_one_failure_stays_with_its_tenant() {
+    let fakes = [fake(230, 2).await, fake(120, 0).await, fake(310, 1).await];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let mut syncs = Vec::new();
+    for (i, f) in fakes.iter().enumerate() {
+        syncs.push(
+            Sync::new(source(f), sink.clone())
+                .tenant(format!("portal-{i}"))
+                .streams(["contacts"]),
+        );
+    }
+    // A fourth portal whose token was revoked.
+    let revoked = HubSpot::builder()
+        .private_app_token("pat-revoked".into())
+        .base_url(fakes[0].uri())
+        .build()
+        .expect("client");
+    syncs.push(
+        Sync::new(Arc::new(HubSpotSource::new(revoked)), sink.clone())
+            .tenant("portal-revoked")
+            .streams(["contacts"]),
+    );
+    let reports = headwater::sync::run_tenants(syncs, 3).await;
+    assert_eq!(reports.len(), 4);
+    for (i, f) in fakes.iter().enumerate() {
+        assert_eq!(reports[i].tenant, format!("portal-{i}"));
+        assert!(reports[i].is_success(), "{:#?}", reports[i]);
+        assert_eq!(
+            ids_once(&lines(&sink.data_path(&format!("portal-{i}"), "contacts"))),
+            truth(f, "contacts")
+        );
+    }
+    assert!(!reports[3].is_success());
+    let err = reports[3].streams[0].error.as_deref().expect("error");
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+}
