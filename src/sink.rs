@@ -30,6 +30,14 @@ pub struct Checkpoint {
     pub started_at: DateTime<Utc>,
     /// When this checkpoint was committed.
     pub committed_at: DateTime<Utc>,
+    /// True for a full refresh (the stream's records replace what the sink
+    /// held), false for an incremental sync (changes merged into it).
+    #[serde(default = "yes")]
+    pub full_refresh: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a sink is told before a stream's records arrive.
@@ -46,6 +54,10 @@ pub struct StreamContext {
     /// keeps data beyond its last commit (an append-only file) discards that
     /// tail here.
     pub resume: Option<Checkpoint>,
+    /// True when the run reads the whole stream (its records replace what
+    /// the sink held when it completes); false when it reads only changes,
+    /// to be merged by key.
+    pub full_refresh: bool,
 }
 
 impl StreamContext {
@@ -61,7 +73,14 @@ impl StreamContext {
             schema,
             sync_id,
             resume,
+            full_refresh: true,
         }
+    }
+
+    /// Marks the run as incremental (`false`) or a full refresh (`true`).
+    pub fn with_full_refresh(mut self, full_refresh: bool) -> Self {
+        self.full_refresh = full_refresh;
+        self
     }
 }
 

@@ -120,6 +120,15 @@ pub trait Source: Send + Sync + std::fmt::Debug {
             .ok_or_else(|| crate::Error::Config(format!("unknown stream `{stream}`")))
     }
 
+    /// Whether reading from `completed` (the state a finished sync of the
+    /// stream left) reads only what changed since. When it does, the engine
+    /// passes that state to [`Source::read`] for an incremental sync; when it
+    /// does not (the default), the engine starts a full refresh.
+    fn resumes_incrementally(&self, stream: &StreamSchema, completed: &StreamState) -> bool {
+        let _ = (stream, completed);
+        false
+    }
+
     /// Reads a stream from `state` (or from the start), page by page. Nothing
     /// is requested until the stream is polled; the stream ends after the
     /// first error.

@@ -68,6 +68,8 @@ pub struct StreamReport {
     pub sync_id: Option<Uuid>,
     /// True when this run resumed an interrupted one.
     pub resumed: bool,
+    /// True when this run read only changes since the last one.
+    pub incremental: bool,
     /// Records written in this run.
     pub records: u64,
     /// Pages read in this run.
@@ -143,6 +145,7 @@ pub struct Sync {
     streams: Option<Vec<String>>,
     checkpoint_every: usize,
     read_ahead: usize,
+    full_refresh: bool,
     progress: Option<ProgressFn>,
 }
 
@@ -168,6 +171,7 @@ impl Sync {
             streams: None,
             checkpoint_every: 10,
             read_ahead: 4,
+            full_refresh: false,
             progress: None,
         }
     }
@@ -194,6 +198,14 @@ impl Sync {
     /// work at the same time.
     pub fn read_ahead(mut self, pages: usize) -> Self {
         self.read_ahead = pages.max(1);
+        self
+    }
+
+    /// Read every stream in full even where the source could read only
+    /// changes (default false: the first sync of a stream is full, later ones
+    /// incremental where the source supports it).
+    pub fn full_refresh(mut self, full: bool) -> Self {
+        self.full_refresh = full;
         self
     }
 
@@ -261,6 +273,7 @@ impl Sync {
             stream: stream.to_owned(),
             sync_id: None,
             resumed: false,
+            incremental: false,
             records: 0,
             pages: 0,
             requests: RequestStats::default(),
@@ -282,25 +295,33 @@ impl Sync {
         let tenant = &self.tenant;
         let schema = self.source.schema(stream).await?;
         let previous = self.sink.load_state(tenant, stream).await?;
-        let resume = previous.filter(|cp| !cp.complete);
-        let (sync_id, started_at, state, base) = match &resume {
-            Some(cp) => (
-                cp.sync_id,
-                cp.started_at,
-                Some(cp.state.clone()),
-                cp.records,
-            ),
-            None => (Uuid::new_v4(), Utc::now(), None, 0),
+        // An unfinished run is resumed as it was (full or incremental); a
+        // finished one is followed by an incremental run where the source
+        // can read only changes, else by a full refresh.
+        let (resume, state, full_refresh) = match previous {
+            Some(cp) if !cp.complete => {
+                let (state, full) = (Some(cp.state.clone()), cp.full_refresh);
+                (Some(cp), state, full)
+            }
+            Some(cp)
+                if !self.full_refresh && self.source.resumes_incrementally(&schema, &cp.state) =>
+            {
+                (None, Some(cp.state), false)
+            }
+            _ => (None, None, true),
+        };
+        let (sync_id, started_at, base) = match &resume {
+            Some(cp) => (cp.sync_id, cp.started_at, cp.records),
+            None => (Uuid::new_v4(), Utc::now(), 0),
         };
         report.sync_id = Some(sync_id);
         report.resumed = resume.is_some();
+        report.incremental = !full_refresh;
         self.sink
-            .prepare(&StreamContext {
-                tenant: tenant.clone(),
-                schema: schema.clone(),
-                sync_id,
-                resume,
-            })
+            .prepare(
+                &StreamContext::new(tenant.clone(), schema.clone(), sync_id, resume)
+                    .with_full_refresh(full_refresh),
+            )
             .await?;
         self.emit(Progress::StreamStarted {
             tenant: tenant.clone(),
@@ -362,6 +383,7 @@ impl Sync {
                         state: state.clone(),
                         complete: false,
                         records: base + report.records,
+                        full_refresh,
                     };
                     self.commit(stream, cp).await?;
                     report.final_state = Some(state);
@@ -374,6 +396,7 @@ impl Sync {
                 state: state.clone(),
                 complete: true,
                 records: base + report.records,
+                full_refresh,
             };
             self.commit(stream, cp).await?;
             report.final_state = Some(state);
@@ -394,6 +417,7 @@ impl Sync {
                 records: checkpoint.records,
                 started_at: checkpoint.started_at,
                 committed_at: Utc::now(),
+                full_refresh: checkpoint.full_refresh,
             })
             .await?;
         self.emit(Progress::Committed {
@@ -427,6 +451,7 @@ where
 }
 
 struct StreamCheckpoint {
+    full_refresh: bool,
     sync_id: Uuid,
     started_at: DateTime<Utc>,
     state: StreamState,

@@ -21,6 +21,12 @@
 //! renamed over `.jsonl`; an interrupted rename is finished by the next
 //! `prepare`. A finished snapshot is only ever replaced by a newer complete
 //! one, so readers never see a half-written stream.
+//!
+//! An incremental sync writes its changes to `.partial` the same way; when
+//! it completes, the snapshot is rewritten without the records the changes
+//! replace, followed by the changes (one line per record, always). That
+//! rewrite costs a pass over the snapshot per incremental run: fine for the
+//! embedded default, and the warehouse sinks upsert instead.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -50,6 +56,8 @@ struct OpenStream {
     writer: BufWriter<File>,
     len: u64,
     paths: Paths,
+    full_refresh: bool,
+    key: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,10 +152,62 @@ impl FilesSink {
     }
 }
 
-/// Finishes a completed stream: `.partial` becomes `.jsonl`.
-fn publish(paths: &Paths) -> Result<()> {
-    std::fs::rename(&paths.partial, &paths.data)
-        .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
+/// Finishes a completed stream. A full refresh: `.partial` becomes
+/// `.jsonl`. An incremental run: the new `.jsonl` is the old one less the
+/// records whose key the changes hold, then the changes; written to a
+/// temporary file and renamed over the old one, so a crash leaves the old
+/// snapshot and `.partial`, and the next `prepare` does it again (the same
+/// result, however often it runs).
+fn publish(paths: &Paths, full_refresh: bool, key: &[String]) -> Result<()> {
+    if full_refresh {
+        std::fs::rename(&paths.partial, &paths.data)
+            .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
+        return sync_dir(&paths.dir).map_err(io_err("cannot sync directory"));
+    }
+    use std::io::{BufRead, BufReader};
+    let key_of = |line: &str| -> Result<String> {
+        let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .map_err(|e| Error::state(format!("unreadable line in {}", paths.dir.display()), e))?;
+        Ok(key
+            .iter()
+            .map(|k| row.get(k).map(|v| v.to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\u{1f}"))
+    };
+    let changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
+    let mut changed = std::collections::HashSet::new();
+    for line in BufReader::new(&changes).lines() {
+        changed.insert(key_of(&line.map_err(io_err("cannot read changes"))?)?);
+    }
+    let mut out =
+        tempfile::NamedTempFile::new_in(&paths.dir).map_err(io_err("cannot create merge file"))?;
+    {
+        let mut w = BufWriter::with_capacity(256 * 1024, out.as_file_mut());
+        match File::open(&paths.data) {
+            Ok(old) => {
+                for line in BufReader::new(old).lines() {
+                    let line = line.map_err(io_err("cannot read snapshot"))?;
+                    if !changed.contains(&key_of(&line)?) {
+                        w.write_all(line.as_bytes())
+                            .map_err(io_err("cannot write merge file"))?;
+                        w.write_all(b"\n")
+                            .map_err(io_err("cannot write merge file"))?;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::sink(NAME, "cannot open snapshot", e)),
+        }
+        let mut changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
+        std::io::copy(&mut changes, &mut w).map_err(io_err("cannot write merge file"))?;
+        w.flush().map_err(io_err("cannot write merge file"))?;
+    }
+    out.as_file()
+        .sync_all()
+        .map_err(io_err("cannot sync merge file"))?;
+    out.persist(&paths.data)
+        .map_err(|e| Error::sink(NAME, "cannot replace snapshot", e.error))?;
+    std::fs::remove_file(&paths.partial).map_err(io_err("cannot remove changes file"))?;
     sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))
 }
 
@@ -173,8 +233,8 @@ impl Sink for FilesSink {
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
             if s.checkpoint.complete && paths.partial.exists() {
-                // The last run committed completion but stopped before the rename.
-                publish(&paths)?;
+                // The last run committed completion but stopped before publishing.
+                publish(&paths, s.checkpoint.full_refresh, &ctx.schema.primary_key)?;
             }
         }
         let resumable = match (&ctx.resume, &state) {
@@ -218,6 +278,8 @@ impl Sink for FilesSink {
                 writer: BufWriter::with_capacity(256 * 1024, file),
                 len,
                 paths,
+                full_refresh: ctx.full_refresh,
+                key: ctx.schema.primary_key.clone(),
             },
         );
         Ok(())
@@ -296,7 +358,7 @@ impl Sink for FilesSink {
         if checkpoint.complete {
             if let Some(open) = map.remove(&key) {
                 drop(open.writer);
-                publish(&open.paths)?;
+                publish(&open.paths, open.full_refresh, &open.key)?;
             }
         }
         Ok(())

@@ -778,52 +778,74 @@ impl<T: From<CrmObject> + Send + 'static> SearchObjects<T> {
         self
     }
 
+    /// Sends the query once: the first page (or the page at the cursor set
+    /// by a previous page's `next`).
+    pub async fn send(self) -> Result<SearchPage<T>> {
+        search_page(&self.hs, &self.object_type, &self.body).await
+    }
+
     /// The pages, each with the total and the cursor of the next.
     pub fn pages(self) -> impl Stream<Item = Result<SearchPage<T>>> + Send + 'static {
-        #[derive(Deserialize)]
-        struct R {
-            #[serde(default)]
-            total: u64,
-            results: Vec<CrmObject>,
-            #[serde(default)]
-            paging: Option<Paging>,
-        }
         let SearchObjects {
             hs,
             object_type,
             body,
             ..
         } = self;
-        let what = format!("{object_type} search");
         let start = body.after.clone();
         let body = Arc::new(body);
-        paginate(PROVIDER, what, start, move |after: Option<String>| {
-            let (hs, object_type, body) = (hs.clone(), object_type.clone(), body.clone());
-            async move {
-                let url = hs
-                    .client
-                    .url(&format!("crm/v3/objects/{}/search", enc(&object_type)))?;
-                let mut body = (*body).clone();
-                body.after = after.clone();
-                let r: R = hs
-                    .client
-                    .post_json(url, &body, RequestClass::Search, || {
-                        format!("{object_type} search page (after={after:?})")
-                    })
-                    .await?;
-                let next = r.paging.and_then(|p| p.next).map(|n| n.after);
-                Ok(Paged::new(vec![(r.total, r.results)], next))
-            }
-        })
+        paginate(
+            PROVIDER,
+            format!("{object_type} search"),
+            start,
+            move |after: Option<String>| {
+                let (hs, object_type, body) = (hs.clone(), object_type.clone(), body.clone());
+                async move {
+                    let mut body = (*body).clone();
+                    body.after = after;
+                    let page: SearchPage<T> = search_page(&hs, &object_type, &body).await?;
+                    Ok(Paged::new(vec![(page.total, page.items)], page.next))
+                }
+            },
+        )
         .map_ok(|mut p| {
             let (total, items) = p.items.pop().unwrap_or_default();
             SearchPage {
-                items: items.into_iter().map(T::from).collect(),
+                items,
                 next: p.next,
                 total,
             }
         })
     }
+}
+
+async fn search_page<T: From<CrmObject>>(
+    hs: &HubSpot,
+    object_type: &str,
+    body: &SearchBody,
+) -> Result<SearchPage<T>> {
+    #[derive(Deserialize)]
+    struct R {
+        #[serde(default)]
+        total: u64,
+        results: Vec<CrmObject>,
+        #[serde(default)]
+        paging: Option<Paging>,
+    }
+    let url = hs
+        .client
+        .url(&format!("crm/v3/objects/{}/search", enc(object_type)))?;
+    let r: R = hs
+        .client
+        .post_json(url, body, RequestClass::Search, || {
+            format!("{object_type} search page (after={:?})", body.after)
+        })
+        .await?;
+    Ok(SearchPage {
+        items: r.results.into_iter().map(T::from).collect(),
+        next: r.paging.and_then(|p| p.next).map(|n| n.after),
+        total: r.total,
+    })
 }
 
 #[derive(Serialize)]

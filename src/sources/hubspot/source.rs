@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CrmObject, HubSpot, PropertyDefinition, PROVIDER};
+use super::{CrmObject, Filter, HubSpot, Operator, PropertyDefinition, MAX_SEARCH_LIMIT, PROVIDER};
 use crate::http::RequestStats;
 use crate::paginate::Paged;
 use crate::schema::{coerce, Catalog, Field, FieldType, StreamSchema};
@@ -23,6 +23,9 @@ pub const STREAM_OWNERS: &str = "owners";
 pub const STREAM_DEAL_PIPELINES: &str = "deal_pipelines";
 /// The stream of ticket pipelines (with stages).
 pub const STREAM_TICKET_PIPELINES: &str = "ticket_pipelines";
+
+/// Default settle lag of incremental reads.
+pub const DEFAULT_SETTLE_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fields every CRM object record has besides its properties.
 const SYSTEM_FIELDS: [&str; 5] = ["id", "createdAt", "updatedAt", "archived", "archivedAt"];
@@ -42,21 +45,52 @@ pub struct HubSpotSource {
     object_types: Vec<String>,
     allow: HashMap<String, Vec<String>>,
     include_archived: bool,
+    settle_lag: std::time::Duration,
 }
 
-/// Where a CRM object or owners stream stands.
+/// Where a CRM object or owners stream stands (the stream state).
+///
+/// A full read walks the live listing (`Active`), then the archived one;
+/// `started_ms` is when it began. An incremental read (`Changes`) drains the
+/// records modified in the fixed window `lo..=hi` through search, ordered by
+/// `hs_object_id` and restarted after the last id seen on every page, so a
+/// window of any size (more than 10,000 records on one timestamp included)
+/// is read without hitting the search cap, skipping or repeating a record.
+/// `Done` keeps `cursor_ms`, where the next incremental read starts: never
+/// later than the read's start minus the settle lag, so records the search
+/// index had not caught up with are read next time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
 enum Position {
-    Active { after: Option<String> },
-    Archived { after: Option<String> },
-    Done,
+    Active {
+        after: Option<String>,
+        #[serde(default)]
+        started_ms: Option<i64>,
+    },
+    Changes {
+        lo: i64,
+        hi: i64,
+        #[serde(default)]
+        last_id: Option<String>,
+    },
+    Archived {
+        after: Option<String>,
+        #[serde(default)]
+        cursor_ms: Option<i64>,
+    },
+    Done {
+        #[serde(default)]
+        cursor_ms: Option<i64>,
+    },
 }
 
 impl Position {
     fn from_state(state: Option<StreamState>) -> Result<Self> {
         match state {
-            None => Ok(Position::Active { after: None }),
+            None => Ok(Position::Active {
+                after: None,
+                started_ms: None,
+            }),
             Some(s) => serde_json::from_value(s.0)
                 .map_err(|e| Error::state("unreadable HubSpot stream state", e)),
         }
@@ -65,6 +99,189 @@ impl Position {
     fn to_state(&self) -> StreamState {
         StreamState(serde_json::to_value(self).unwrap_or(Value::Null))
     }
+}
+
+/// One phase of a read, with where it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Live(Option<String>),
+    Changes {
+        lo: i64,
+        hi: i64,
+        last_id: Option<String>,
+    },
+    Archived(Option<String>),
+}
+
+/// What is left to read from a position: the steps, and the incremental
+/// cursor the read ends with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    steps: Vec<Step>,
+    cursor_ms: Option<i64>,
+    started_ms: Option<i64>,
+}
+
+impl Plan {
+    fn new(
+        pos: Position,
+        now_ms: i64,
+        lag_ms: i64,
+        include_archived: bool,
+        incremental: bool,
+    ) -> Plan {
+        let archived = |after| {
+            if include_archived {
+                vec![Step::Archived(after)]
+            } else {
+                Vec::new()
+            }
+        };
+        match pos {
+            Position::Active { after, started_ms } => {
+                let started = started_ms.unwrap_or(now_ms);
+                let mut steps = vec![Step::Live(after)];
+                steps.extend(archived(None));
+                Plan {
+                    steps,
+                    cursor_ms: incremental.then_some(started - lag_ms),
+                    started_ms: Some(started),
+                }
+            }
+            Position::Changes { lo, hi, last_id } => {
+                let mut steps = vec![Step::Changes { lo, hi, last_id }];
+                steps.extend(archived(None));
+                Plan {
+                    steps,
+                    cursor_ms: Some(hi + 1),
+                    started_ms: None,
+                }
+            }
+            Position::Archived { after, cursor_ms } => Plan {
+                steps: archived(after),
+                cursor_ms,
+                started_ms: None,
+            },
+            Position::Done {
+                cursor_ms: Some(lo),
+            } if incremental => {
+                let hi = now_ms - lag_ms;
+                let mut steps = Vec::new();
+                if hi >= lo {
+                    steps.push(Step::Changes {
+                        lo,
+                        hi,
+                        last_id: None,
+                    });
+                }
+                steps.extend(archived(None));
+                Plan {
+                    steps,
+                    cursor_ms: Some(if hi >= lo { hi + 1 } else { lo }),
+                    started_ms: None,
+                }
+            }
+            Position::Done { cursor_ms } => Plan {
+                steps: Vec::new(),
+                cursor_ms,
+                started_ms: None,
+            },
+        }
+    }
+
+    /// The position after a page of step `i` whose next cursor is `next`.
+    fn after_page(&self, i: usize, next: Option<String>) -> Position {
+        match (&self.steps[i], next) {
+            (Step::Live(_), Some(after)) => Position::Active {
+                after: Some(after),
+                started_ms: self.started_ms,
+            },
+            (Step::Changes { lo, hi, .. }, Some(last)) => Position::Changes {
+                lo: *lo,
+                hi: *hi,
+                last_id: Some(last),
+            },
+            (Step::Archived(_), Some(after)) => Position::Archived {
+                after: Some(after),
+                cursor_ms: self.cursor_ms,
+            },
+            (_, None) => self.start_of(i + 1),
+        }
+    }
+
+    fn start_of(&self, i: usize) -> Position {
+        match self.steps.get(i) {
+            Some(Step::Live(after)) => Position::Active {
+                after: after.clone(),
+                started_ms: self.started_ms,
+            },
+            Some(Step::Changes { lo, hi, last_id }) => Position::Changes {
+                lo: *lo,
+                hi: *hi,
+                last_id: last_id.clone(),
+            },
+            Some(Step::Archived(after)) => Position::Archived {
+                after: after.clone(),
+                cursor_ms: self.cursor_ms,
+            },
+            None => Position::Done {
+                cursor_ms: self.cursor_ms,
+            },
+        }
+    }
+}
+
+/// The name of the last-modified property of an object schema, if it has
+/// one (`lastmodifieddate` for contacts, `hs_lastmodifieddate` for the rest).
+fn last_modified_property(schema: &StreamSchema) -> Option<&'static str> {
+    ["hs_lastmodifieddate", "lastmodifieddate"]
+        .into_iter()
+        .find(|p| schema.field(p).is_some())
+}
+
+/// Search pages of the records modified in `lo..=hi`, ordered by id, each
+/// query restarting after the last id seen; the cursor is that id.
+fn changes(
+    hs: &HubSpot,
+    object_type: String,
+    props: Vec<String>,
+    last_modified: &'static str,
+    (lo, hi): (i64, i64),
+    start: Option<String>,
+) -> impl Stream<Item = Result<Paged<CrmObject, String>>> + Send + 'static {
+    let hs = hs.clone();
+    crate::paginate::paginate(
+        PROVIDER,
+        format!("{object_type} changes {lo}..={hi}"),
+        start,
+        move |last_id: Option<String>| {
+            let mut filters = vec![Filter::between(
+                last_modified,
+                lo.to_string(),
+                hi.to_string(),
+            )];
+            if let Some(id) = &last_id {
+                filters.push(Filter::new("hs_object_id", Operator::Gt, id.clone()));
+            }
+            let search = hs
+                .objects(object_type.clone())
+                .search()
+                .filter_group(filters)
+                .sort("hs_object_id", true)
+                .properties(props.clone())
+                .limit(MAX_SEARCH_LIMIT);
+            async move {
+                let page = search.send().await?;
+                let full = page.items.len() as u32 >= MAX_SEARCH_LIMIT;
+                let next = if full {
+                    page.items.last().map(|o| o.id.clone())
+                } else {
+                    None
+                };
+                Ok(Paged::new(page.items, next))
+            }
+        },
+    )
 }
 
 impl HubSpotSource {
@@ -78,6 +295,7 @@ impl HubSpotSource {
                 .to_vec(),
             allow: HashMap::new(),
             include_archived: true,
+            settle_lag: DEFAULT_SETTLE_LAG,
         }
     }
 
@@ -112,6 +330,13 @@ impl HubSpotSource {
     /// Whether archived records are read (and marked deleted). Default true.
     pub fn with_archived(mut self, include: bool) -> Self {
         self.include_archived = include;
+        self
+    }
+
+    /// How far behind "now" an incremental read stops (default 60 s), so
+    /// records the search index has not caught up with are read next time.
+    pub fn with_settle_lag(mut self, lag: std::time::Duration) -> Self {
+        self.settle_lag = lag;
         self
     }
 
@@ -164,23 +389,46 @@ impl HubSpotSource {
             .map(|f| source_property_name(&f.name).to_owned())
             .collect();
         let types = Arc::new(property_types(schema));
-        let include_archived = self.include_archived;
+        let last_modified = last_modified_property(schema);
+        let plan = Arc::new(Plan::new(
+            pos,
+            Utc::now().timestamp_millis(),
+            self.settle_lag_ms(),
+            self.include_archived,
+            last_modified.is_some(),
+        ));
         let object_type = schema.name.clone();
-        let phases = phases(&pos, include_archived);
         let hs = self.hs.clone();
-        let pages = futures::stream::iter(phases)
-            .map(move |(archived, start)| {
-                let types = types.clone();
-                let list = hs
-                    .objects(object_type.clone())
-                    .list()
-                    .properties(props.clone())
-                    .archived(archived)
-                    .after(start)
-                    .pages();
-                list.map(move |r| {
+        let steps = plan.steps.clone().into_iter().enumerate();
+        let pages = futures::stream::iter(steps)
+            .map(move |(i, step)| {
+                let (types, plan) = (types.clone(), plan.clone());
+                let objects = hs.objects(object_type.clone());
+                let archived = matches!(step, Step::Archived(_));
+                let pages: BoxStream<'static, Result<Paged<CrmObject, String>>> = match step {
+                    Step::Live(after) | Step::Archived(after) => objects
+                        .list()
+                        .properties(props.clone())
+                        .archived(archived)
+                        .after(after)
+                        .pages()
+                        .boxed(),
+                    Step::Changes { lo, hi, last_id } => match last_modified {
+                        Some(lm) => changes(
+                            &hs,
+                            object_type.clone(),
+                            props.clone(),
+                            lm,
+                            (lo, hi),
+                            last_id,
+                        )
+                        .boxed(),
+                        None => futures::stream::empty().boxed(),
+                    },
+                };
+                pages.map(move |r| {
                     r.map(|p| {
-                        let next = next_position(archived, p.next.clone(), include_archived);
+                        let next = plan.after_page(i, p.next.clone());
                         let records = p
                             .items
                             .into_iter()
@@ -194,19 +442,38 @@ impl HubSpotSource {
         stop_after_error(pages).boxed()
     }
 
+    fn settle_lag_ms(&self) -> i64 {
+        i64::try_from(self.settle_lag.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
     fn read_owners(&self, state: Option<StreamState>) -> BoxStream<'_, Result<Page>> {
         let pos = match Position::from_state(state) {
             Ok(p) => p,
             Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
         };
-        let include_archived = self.include_archived;
+        // Owners have no search: always a full read (live, then archived).
+        let pos = match pos {
+            Position::Done { .. } | Position::Changes { .. } => Position::Active {
+                after: None,
+                started_ms: None,
+            },
+            other => other,
+        };
+        let plan = Arc::new(Plan::new(pos, 0, 0, self.include_archived, false));
         let hs = self.hs.clone();
-        let pages = futures::stream::iter(phases(&pos, include_archived))
-            .map(move |(archived, start)| {
+        let steps = plan.steps.clone().into_iter().enumerate();
+        let pages = futures::stream::iter(steps)
+            .map(move |(i, step)| {
+                let plan = plan.clone();
+                let (archived, start) = match step {
+                    Step::Archived(after) => (true, after),
+                    Step::Live(after) => (false, after),
+                    Step::Changes { .. } => (false, None),
+                };
                 hs.owner_pages(archived, start)
                     .map(move |r: Result<Paged<Value, String>>| {
                         r.map(|p| {
-                            let next = next_position(archived, p.next.clone(), include_archived);
+                            let next = plan.after_page(i, p.next.clone());
                             let records = p
                                 .items
                                 .into_iter()
@@ -229,34 +496,12 @@ impl HubSpotSource {
                 .into_iter()
                 .filter_map(|(p, v)| json_record(v, p.archived))
                 .collect();
-            Ok(Page::new(records, Position::Done.to_state()))
+            Ok(Page::new(
+                records,
+                Position::Done { cursor_ms: None }.to_state(),
+            ))
         })
         .boxed()
-    }
-}
-
-/// The (archived?, start cursor) phases still to read from `pos`.
-fn phases(pos: &Position, include_archived: bool) -> Vec<(bool, Option<String>)> {
-    match pos {
-        Position::Active { after } => {
-            let mut v = vec![(false, after.clone())];
-            if include_archived {
-                v.push((true, None));
-            }
-            v
-        }
-        Position::Archived { after } => vec![(true, after.clone())],
-        Position::Done => Vec::new(),
-    }
-}
-
-/// The position after a page of phase `archived` whose next cursor is `next`.
-fn next_position(archived: bool, next: Option<String>, include_archived: bool) -> Position {
-    match (archived, next) {
-        (false, Some(after)) => Position::Active { after: Some(after) },
-        (false, None) if include_archived => Position::Archived { after: None },
-        (true, Some(after)) => Position::Archived { after: Some(after) },
-        _ => Position::Done,
     }
 }
 
@@ -465,6 +710,19 @@ impl Source for HubSpotSource {
         }
     }
 
+    fn resumes_incrementally(&self, stream: &StreamSchema, completed: &StreamState) -> bool {
+        let is_object = !matches!(
+            stream.name.as_str(),
+            STREAM_OWNERS | STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES
+        );
+        is_object
+            && last_modified_property(stream).is_some()
+            && matches!(
+                Position::from_state(Some(completed.clone())),
+                Ok(Position::Done { cursor_ms: Some(_) })
+            )
+    }
+
     fn read<'a>(
         &'a self,
         stream: &'a StreamSchema,
@@ -511,24 +769,121 @@ mod tests {
     }
 
     #[test]
-    fn positions_walk_active_then_archived_then_done() {
+    fn a_full_read_walks_live_then_archived_and_ends_with_a_lagged_cursor() {
+        let plan = Plan::new(
+            Position::from_state(None).expect("start"),
+            10_000,
+            1_000,
+            true,
+            true,
+        );
+        assert_eq!(plan.steps, vec![Step::Live(None), Step::Archived(None)]);
         assert_eq!(
-            next_position(false, Some("5".into()), true),
+            plan.after_page(0, Some("5".into())),
             Position::Active {
-                after: Some("5".into())
+                after: Some("5".into()),
+                started_ms: Some(10_000)
             }
         );
         assert_eq!(
-            next_position(false, None, true),
-            Position::Archived { after: None }
+            plan.after_page(0, None),
+            Position::Archived {
+                after: None,
+                cursor_ms: Some(9_000)
+            }
         );
-        assert_eq!(next_position(false, None, false), Position::Done);
-        assert_eq!(next_position(true, None, true), Position::Done);
-        let p = Position::Archived {
-            after: Some("9".into()),
+        assert_eq!(
+            plan.after_page(1, None),
+            Position::Done {
+                cursor_ms: Some(9_000)
+            }
+        );
+        // A resumed full read keeps its start time, so the cursor does not move
+        // past records changed while it ran.
+        let resumed = Plan::new(
+            Position::Active {
+                after: Some("5".into()),
+                started_ms: Some(10_000),
+            },
+            99_000,
+            1_000,
+            false,
+            true,
+        );
+        assert_eq!(
+            resumed.after_page(0, None),
+            Position::Done {
+                cursor_ms: Some(9_000)
+            }
+        );
+        // Without a last-modified property there is no cursor.
+        let plain = Plan::new(
+            Position::from_state(None).expect("start"),
+            10_000,
+            1_000,
+            false,
+            false,
+        );
+        assert_eq!(
+            plain.after_page(0, None),
+            Position::Done { cursor_ms: None }
+        );
+    }
+
+    #[test]
+    fn an_incremental_read_drains_one_fixed_window_then_archived() {
+        let done = Position::Done {
+            cursor_ms: Some(5_000),
+        };
+        let plan = Plan::new(done.clone(), 60_000, 10_000, true, true);
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::Changes {
+                    lo: 5_000,
+                    hi: 50_000,
+                    last_id: None
+                },
+                Step::Archived(None)
+            ]
+        );
+        assert_eq!(
+            plan.after_page(0, Some("1234".into())),
+            Position::Changes {
+                lo: 5_000,
+                hi: 50_000,
+                last_id: Some("1234".into())
+            }
+        );
+        assert_eq!(
+            plan.after_page(0, None),
+            Position::Archived {
+                after: None,
+                cursor_ms: Some(50_001)
+            }
+        );
+        assert_eq!(
+            plan.after_page(1, None),
+            Position::Done {
+                cursor_ms: Some(50_001)
+            }
+        );
+        // Run again before the lag has passed: nothing to search, cursor kept.
+        let early = Plan::new(done, 12_000, 10_000, false, true);
+        assert!(early.steps.is_empty());
+        assert_eq!(
+            early.start_of(0),
+            Position::Done {
+                cursor_ms: Some(5_000)
+            }
+        );
+        // States round-trip and bad ones are refused.
+        let p = Position::Changes {
+            lo: 1,
+            hi: 2,
+            last_id: Some("9".into()),
         };
         assert_eq!(Position::from_state(Some(p.to_state())).expect("state"), p);
-        assert_eq!(phases(&p, true), vec![(true, Some("9".into()))]);
         assert!(
             Position::from_state(Some(StreamState(serde_json::json!({"phase": "nope"})))).is_err()
         );
