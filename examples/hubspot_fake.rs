@@ -16,7 +16,7 @@ use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, Object
 fn main() {
     let mut config = FakeConfig::default();
     let mut contacts = 100_000usize;
-    config.custom_properties = 7; // 18 default contact properties + 7 = 25
+    config.custom_properties = 6; // 19 default contact properties + 6 = 25
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value: u64 = match it.next().map(|v| v.parse()) {

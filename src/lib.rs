@@ -55,6 +55,8 @@ mod error;
 mod fsutil;
 pub mod http;
 pub mod paginate;
+#[cfg(feature = "schedule")]
+pub mod schedule;
 pub mod schema;
 pub mod sink;
 pub mod sinks;
