@@ -37,6 +37,27 @@
 //! not the id order, and about 30 % of last-modified values are rounded to the
 //! minute, so several records can share one timestamp.
 //!
+//! # Changing records
+//!
+//! Between (or during) runs a test can change the data the fake serves, to
+//! prove an incremental sync: [`HubSpotFake::touch`] and
+//! [`HubSpotFake::touch_many`] (updates, also thousands of records on one
+//! timestamp), [`HubSpotFake::archive`] (deletes), [`HubSpotFake::merge`]
+//! (merges, with HubSpot's `hs_merged_object_ids`) and [`HubSpotFake::add`]
+//! (new records). Mutation methods address active records by index: index
+//! `i` is the record with id `1000 + i`, whatever happened to the others.
+//! Changes take effect at once for every endpoint (list, get, batch read,
+//! search, `archived=true` listings) and for the truth helpers
+//! ([`HubSpotFake::record`], [`HubSpotFake::record_by_id`],
+//! [`HubSpotFake::ids`], [`HubSpotFake::merged_into`]). Only the changed
+//! records are stored; the others are still generated on the fly.
+//!
+//! A touched record shows its version in one property, named by
+//! [`HubSpotFake::versioned_property`] (`firstname` for contacts, `name` for
+//! companies, `dealname` for deals, `subject` for tickets, `hs_body_preview`
+//! for other types): the generated value followed by ` (v{n})`, where `n`
+//! counts the record's touches (a blank value becomes `(v{n})`).
+//!
 //! # Rate limits
 //!
 //! Limits are rolling windows, checked when a request arrives (before any
@@ -54,8 +75,9 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::{self, Write as _};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -285,7 +307,9 @@ impl HubSpotFake {
         self.server.uri()
     }
 
-    /// The configuration, with the current latency and rate limits.
+    /// The configuration, with the current latency and rate limits. Record
+    /// counts are the configured ones; use [`HubSpotFake::ids`] for the
+    /// counts after changes.
     pub fn config(&self) -> FakeConfig {
         let mut config = self.inner.cfg.clone();
         let st = self.inner.state();
@@ -303,39 +327,230 @@ impl HubSpotFake {
         names
     }
 
-    /// The full JSON of active record `index` of `object_type`, with every
-    /// property, exactly as the list endpoint serves it (a `SimplePublicObject`).
-    /// `Value::Null` when the type is unknown or `index` is out of range.
+    /// The full JSON of the record with index `index` (id `1000 + index`) of
+    /// `object_type`, with every property, exactly as the list endpoint
+    /// serves it (a `SimplePublicObject`), changes included. A record
+    /// archived by [`HubSpotFake::archive`] is returned as the
+    /// `archived=true` listing serves it. `Value::Null` when the type is
+    /// unknown, `index` is out of range or the record was merged away.
     pub fn record(&self, object_type: &str, index: usize) -> Value {
-        match self.inner.resolve(object_type) {
-            Some(schema) if index < schema.seed.count => {
-                self.inner.record_value(schema, false, index)
+        let Some(schema) = self.inner.resolve(object_type) else {
+            return Value::Null;
+        };
+        let muts = self.inner.snapshot(schema);
+        let view = self.inner.view(schema, &muts);
+        match muts.life(index) {
+            _ if index >= view.population() => Value::Null,
+            Life::Merged(_) => Value::Null,
+            Life::Active | Life::Archived(_) => {
+                self.inner.record_value(schema, &view.rec(false, index))
             }
-            _ => Value::Null,
         }
     }
 
-    /// The full JSON of the record with `id` (active or archived), or `None`.
+    /// The full JSON of the record with `id` (active or archived), changes
+    /// included, or `None` (also for a merged-away id, see
+    /// [`HubSpotFake::merged_into`]).
     pub fn record_by_id(&self, object_type: &str, id: &str) -> Option<Value> {
         let schema = self.inner.resolve(object_type)?;
         let id: u64 = id.parse().ok()?;
-        let (archived, pos) = schema.locate(id)?;
-        Some(self.inner.record_value(schema, archived, pos))
+        let muts = self.inner.snapshot(schema);
+        let view = self.inner.view(schema, &muts);
+        match view.locate(id)? {
+            (_, _, Life::Merged(_)) => None,
+            (space, pos, _) => Some(self.inner.record_value(schema, &view.rec(space, pos))),
+        }
     }
 
     /// Ids of the active (or, with `archived`, the archived) records of
-    /// `object_type`, ascending, as the list endpoint walks them. Empty for an
-    /// unknown type.
+    /// `object_type`, ascending, as the list endpoint walks them, changes
+    /// included: archived records are those generated archived and those
+    /// archived by [`HubSpotFake::archive`]; merged-away records are in
+    /// neither. Empty for an unknown type.
     pub fn ids(&self, object_type: &str, archived: bool) -> Vec<String> {
         let Some(schema) = self.inner.resolve(object_type) else {
             return Vec::new();
         };
-        let (n, base) = if archived {
-            (schema.seed.archived, ARCHIVED_ID_BASE)
+        let muts = self.inner.snapshot(schema);
+        let view = self.inner.view(schema, &muts);
+        let id = |base: u64, pos: usize| (base + pos as u64).to_string();
+        if archived {
+            let changed = muts.archived.iter().map(|&pos| id(ACTIVE_ID_BASE, pos));
+            let generated = (0..schema.seed.archived).map(|j| id(ARCHIVED_ID_BASE, j));
+            changed.chain(generated).collect()
         } else {
-            (schema.seed.count, ACTIVE_ID_BASE)
-        };
-        (0..n).map(|i| (base + i as u64).to_string()).collect()
+            (0..view.population())
+                .filter(|&pos| muts.life(pos) == Life::Active)
+                .map(|pos| id(ACTIVE_ID_BASE, pos))
+                .collect()
+        }
+    }
+
+    /// The id of the active record that the record with `loser_id` was merged
+    /// into (following later merges of the survivor), or `None` when
+    /// `loser_id` was not merged away. May name a record archived since.
+    pub fn merged_into(&self, object_type: &str, loser_id: &str) -> Option<String> {
+        let schema = self.inner.resolve(object_type)?;
+        let id: u64 = loser_id.trim().parse().ok()?;
+        let muts = self.inner.snapshot(schema);
+        let view = self.inner.view(schema, &muts);
+        match view.locate(id)? {
+            (false, pos, Life::Merged(_)) => {
+                Some((ACTIVE_ID_BASE + view.survivor(pos) as u64).to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The property that shows how often a record was touched (see the
+    /// module docs): `firstname` for contacts, `name` for companies,
+    /// `dealname` for deals, `subject` for tickets, `hs_body_preview` for
+    /// other types. `None` for an unknown type.
+    pub fn versioned_property(&self, object_type: &str) -> Option<String> {
+        let schema = self.inner.resolve(object_type)?;
+        schema
+            .props
+            .iter()
+            .find(|p| p.versioned)
+            .map(|p| p.name.clone())
+    }
+
+    /// Updates active record `index` (id `1000 + index`) of `object_type` at
+    /// `updated_at_ms` (epoch millis): its `updatedAt` and last-modified
+    /// property (`lastmodifieddate` for contacts, `hs_lastmodifieddate`
+    /// otherwise) become that time, and its
+    /// [versioned property](HubSpotFake::versioned_property) gets the suffix
+    /// ` (v{n})`, `n` counting the record's touches. Takes effect at once
+    /// for every endpoint.
+    ///
+    /// # Panics
+    ///
+    /// When the type is unknown or `index` is not an active record (out of
+    /// range, archived or merged away).
+    pub fn touch(&self, object_type: &str, index: usize, updated_at_ms: i64) {
+        self.touch_many(object_type, [index], updated_at_ms);
+    }
+
+    /// [`HubSpotFake::touch`] for many records at one timestamp (duplicate
+    /// indices count once), as a bulk update does. Cheap enough for tens of
+    /// thousands of records, e.g. to put more than 10,000 records (HubSpot's
+    /// search cap) on one last-modified time.
+    ///
+    /// # Panics
+    ///
+    /// As [`HubSpotFake::touch`], before changing anything.
+    pub fn touch_many(
+        &self,
+        object_type: &str,
+        indices: impl IntoIterator<Item = usize>,
+        updated_at_ms: i64,
+    ) {
+        let indices: BTreeSet<usize> = indices.into_iter().collect();
+        self.inner.mutate(object_type, |schema, seed, muts| {
+            for &pos in &indices {
+                muts.check_active(schema, pos, "touch");
+            }
+            for pos in indices {
+                let o = muts.entry(schema, seed, pos);
+                o.updated = updated_at_ms;
+                o.version += 1;
+            }
+        });
+    }
+
+    /// Archives (deletes) active record `index` of `object_type` at `at_ms`:
+    /// it leaves the active listing, search and (`archived=false`) get and
+    /// batch read (which answers it in `errors` as not found, HTTP 207), and
+    /// joins the `archived=true` listing, get and batch read with its id,
+    /// `archived: true`, `archivedAt` and `updatedAt` equal to `at_ms`.
+    /// Archived active records come first in the archived listing (their
+    /// ids are lower than those of the generated archived records).
+    ///
+    /// # Panics
+    ///
+    /// When the type is unknown or `index` is not an active record.
+    pub fn archive(&self, object_type: &str, index: usize, at_ms: i64) {
+        self.inner.mutate(object_type, |schema, seed, muts| {
+            muts.check_active(schema, index, "archive");
+            let o = muts.entry(schema, seed, index);
+            o.life = Life::Archived(at_ms);
+            o.updated = at_ms;
+            muts.archived.insert(index);
+        });
+    }
+
+    /// Merges active record `loser_index` into active record
+    /// `survivor_index` at `at_ms`, as HubSpot does: the loser leaves the
+    /// active listing, search and batch read and does not join the archived
+    /// listing; a get of its id answers the survivor. The survivor is
+    /// touched at `at_ms` (see [`HubSpotFake::touch`]) and its
+    /// `hs_merged_object_ids` (`;`-separated) lists the ids merged into it,
+    /// the loser's own merged ids included, the loser's id last.
+    ///
+    /// # Panics
+    ///
+    /// When the type is unknown, either index is not an active record, or
+    /// both are the same.
+    pub fn merge(&self, object_type: &str, loser_index: usize, survivor_index: usize, at_ms: i64) {
+        self.inner.mutate(object_type, |schema, seed, muts| {
+            muts.check_active(schema, loser_index, "merge");
+            muts.check_active(schema, survivor_index, "merge");
+            assert_ne!(
+                loser_index, survivor_index,
+                "HubSpotFake::merge: a record cannot be merged into itself"
+            );
+            let loser = muts.entry(schema, seed, loser_index);
+            loser.life = Life::Merged(survivor_index);
+            let mut ids: Vec<String> = loser
+                .merged_ids
+                .iter()
+                .flat_map(|s| s.split(';'))
+                .map(str::to_string)
+                .collect();
+            ids.push((ACTIVE_ID_BASE + loser_index as u64).to_string());
+            let survivor = muts.entry(schema, seed, survivor_index);
+            let merged = match survivor.merged_ids.take() {
+                Some(existing) => format!("{existing};{}", ids.join(";")),
+                None => ids.join(";"),
+            };
+            survivor.merged_ids = Some(merged);
+            survivor.updated = at_ms;
+            survivor.version += 1;
+        });
+    }
+
+    /// Appends `n` active records to `object_type`, created and updated at
+    /// `created_at_ms`; their ids continue after the highest active id.
+    /// Returns their indices.
+    ///
+    /// # Panics
+    ///
+    /// When the type is unknown or active ids would reach the archived id
+    /// range (900,000,000).
+    pub fn add(&self, object_type: &str, n: usize, created_at_ms: i64) -> Range<usize> {
+        self.inner.mutate(object_type, |schema, _, muts| {
+            let start = muts.population(schema);
+            let end = start.saturating_add(n);
+            assert!(
+                end <= MAX_ACTIVE,
+                "HubSpotFake::add: {} would have more than {MAX_ACTIVE} active ids",
+                schema.name
+            );
+            for pos in start..end {
+                muts.overrides.insert(
+                    pos,
+                    Override {
+                        created: Some(created_at_ms),
+                        updated: created_at_ms,
+                        version: 0,
+                        merged_ids: None,
+                        life: Life::Active,
+                    },
+                );
+            }
+            muts.added += n;
+            start..end
+        })
     }
 
     /// Names of every property of `object_type` (defaults and custom), in
@@ -1049,9 +1264,20 @@ fn pipelines_of(object_type: &str) -> &'static [PipelineDef] {
     }
 }
 
+/// Candidates for the property that shows a touched record's version, in
+/// order of preference.
+const VERSIONED_PROPERTIES: &[&str] = &[
+    "firstname",
+    "name",
+    "dealname",
+    "subject",
+    "hs_body_preview",
+];
+
 /// How a property's value is generated.
 #[derive(Debug, Clone, Copy)]
 enum Gen {
+    MergedIds,
     ObjectId,
     CreateDate,
     LastModified,
@@ -1111,6 +1337,8 @@ struct PropDef {
     calculated: bool,
     external_options: bool,
     read_only_value: bool,
+    /// Shows the record's version once it has been touched.
+    versioned: bool,
 }
 
 impl PropDef {
@@ -1123,14 +1351,18 @@ impl PropDef {
     }
 }
 
-/// One generated record's identity and timestamps.
+/// One record's identity and timestamps, generated or overridden.
 #[derive(Debug, Clone, Copy)]
-struct Rec {
+struct Rec<'m> {
     id: u64,
     h: u64,
     created: i64,
     updated: i64,
     archived_at: Option<i64>,
+    /// Times the record was touched; from 1 on, the versioned property shows it.
+    version: u32,
+    /// `hs_merged_object_ids` of a merge survivor.
+    merged: Option<&'m str>,
 }
 
 #[derive(Debug)]
@@ -1147,10 +1379,15 @@ struct TypeSchema {
     searchable: Vec<usize>,
     last_modified: &'static str,
     singular: String,
+    /// Changes made since start; replaced (copy on write) by each mutation,
+    /// so a request works on one consistent snapshot.
+    changes: Mutex<Arc<Mutations>>,
 }
 
 impl TypeSchema {
-    fn rec(&self, seed: u64, archived: bool, pos: usize) -> Rec {
+    /// The generated record at `pos` of the active (or archived) id space,
+    /// without any mutation.
+    fn rec(&self, seed: u64, archived: bool, pos: usize) -> Rec<'static> {
         let slot = if archived {
             (1u64 << 48) | pos as u64
         } else {
@@ -1167,6 +1404,8 @@ impl TypeSchema {
                 created,
                 updated,
                 archived_at: Some(archived_at),
+                version: 0,
+                merged: None,
             }
         } else {
             let created =
@@ -1177,20 +1416,9 @@ impl TypeSchema {
                 created,
                 updated: updated_after(created, h),
                 archived_at: None,
+                version: 0,
+                merged: None,
             }
-        }
-    }
-
-    /// `(archived, position)` of a record id, if it exists.
-    fn locate(&self, id: u64) -> Option<(bool, usize)> {
-        if id >= ARCHIVED_ID_BASE {
-            let pos = usize::try_from(id - ARCHIVED_ID_BASE).ok()?;
-            (pos < self.seed.archived).then_some((true, pos))
-        } else if id >= ACTIVE_ID_BASE {
-            let pos = usize::try_from(id - ACTIVE_ID_BASE).ok()?;
-            (pos < self.seed.count).then_some((false, pos))
-        } else {
-            None
         }
     }
 
@@ -1317,6 +1545,7 @@ impl SchemaBuilder {
             calculated: read_only,
             external_options: false,
             read_only_value: read_only,
+            versioned: false,
         });
         let last = self.props.len() - 1;
         &mut self.props[last]
@@ -1661,6 +1890,24 @@ fn build_schema(name: &str, seed: ObjectSeed, custom: usize, owners: usize) -> T
             );
         }
     }
+    // HubSpot has this on every object type: a multi-value enumeration with
+    // no options, set by merges only.
+    let merged = b.add(
+        "hs_merged_object_ids",
+        "Merged record IDs",
+        "enumeration",
+        "checkbox",
+        Gen::MergedIds,
+    );
+    merged.blankable = false;
+    merged.read_only_value = true;
+    merged.description = "The list of record IDs that have been merged into this record. This value is set automatically by HubSpot.".to_string();
+    if let Some(i) = VERSIONED_PROPERTIES
+        .iter()
+        .find_map(|name| b.props.iter().position(|p| p.name == *name))
+    {
+        b.props[i].versioned = true;
+    }
     b.group = "headwater_fake".to_string();
     for c in 0..custom {
         let pname = format!("custom_prop_{c}");
@@ -1725,13 +1972,36 @@ fn build_schema(name: &str, seed: ObjectSeed, custom: usize, owners: usize) -> T
         searchable,
         last_modified,
         singular,
+        changes: Mutex::default(),
     };
     schema.defaults = schema.select_exact(default_names.iter().copied());
     schema
 }
 
 /// Appends the raw value of `def` for `rec` to `out`; false means `null`.
-fn gen_value(schema: &TypeSchema, def: &PropDef, rec: &Rec, out: &mut String) -> bool {
+fn gen_value(schema: &TypeSchema, def: &PropDef, rec: &Rec<'_>, out: &mut String) -> bool {
+    if !def.versioned || rec.version == 0 {
+        return gen_base(schema, def, rec, out);
+    }
+    let start = out.len();
+    if gen_base(schema, def, rec, out) && out.len() > start {
+        out.push(' ');
+    }
+    let _ = write!(out, "(v{})", rec.version);
+    true
+}
+
+/// The value of `def` for `rec` as generated, before any touch.
+fn gen_base(schema: &TypeSchema, def: &PropDef, rec: &Rec<'_>, out: &mut String) -> bool {
+    if let Gen::MergedIds = def.gen {
+        return match rec.merged {
+            Some(ids) => {
+                out.push_str(ids);
+                true
+            }
+            None => false,
+        };
+    }
     let h = mix(rec.h ^ def.key);
     if def.blankable {
         match h % 100 {
@@ -1843,11 +2113,12 @@ fn gen_value(schema: &TypeSchema, def: &PropDef, rec: &Rec, out: &mut String) ->
         }
         Gen::TicketPipeline => out.push_str(TICKET_PIPELINES[0].id),
         Gen::TicketStage => out.push_str(pick(TICKET_PIPELINES[0].stages, mix(rec.h ^ K_STAGE)).id),
+        Gen::MergedIds => return false,
     }
     true
 }
 
-fn deal_pipeline(rec: &Rec) -> &'static PipelineDef {
+fn deal_pipeline(rec: &Rec<'_>) -> &'static PipelineDef {
     if mix(rec.h ^ K_PIPELINE) % 5 == 4 {
         &DEAL_PIPELINES[1]
     } else {
@@ -1855,14 +2126,14 @@ fn deal_pipeline(rec: &Rec) -> &'static PipelineDef {
     }
 }
 
-fn push_company(out: &mut String, rec: &Rec) {
+fn push_company(out: &mut String, rec: &Rec<'_>) {
     let h = mix(rec.h ^ K_COMPANY);
     out.push_str(pick(COMPANY_A, h));
     out.push(' ');
     out.push_str(pick(COMPANY_B, h >> 16));
 }
 
-fn push_domain(out: &mut String, rec: &Rec) {
+fn push_domain(out: &mut String, rec: &Rec<'_>) {
     let h = mix(rec.h ^ K_COMPANY);
     ascii_slug(out, pick(COMPANY_A, h));
     ascii_slug(out, pick(COMPANY_B, h >> 16));
@@ -1927,12 +2198,181 @@ struct SearchHits {
     top: Vec<usize>,
 }
 
+/// Ids of active records stay below this.
+const MAX_ACTIVE: usize = (ARCHIVED_ID_BASE - ACTIVE_ID_BASE) as usize;
+
+/// What became of an active record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Active,
+    /// Archived at this time (epoch millis).
+    Archived(i64),
+    /// Merged into the record at this active position.
+    Merged(usize),
+}
+
+/// The stored state of one changed (or added) active record.
+#[derive(Debug, Clone)]
+struct Override {
+    /// `createdAt` of an added record (generated records keep theirs).
+    created: Option<i64>,
+    updated: i64,
+    version: u32,
+    /// `hs_merged_object_ids`, `;`-separated.
+    merged_ids: Option<String>,
+    life: Life,
+}
+
+impl Override {
+    fn apply<'m>(&'m self, rec: &mut Rec<'m>) {
+        if let Some(created) = self.created {
+            rec.created = created;
+        }
+        rec.updated = self.updated;
+        rec.version = self.version;
+        rec.merged = self.merged_ids.as_deref();
+        if let Life::Archived(at) = self.life {
+            rec.archived_at = Some(at);
+        }
+    }
+}
+
+/// Changes made to one object type since start. Only changed records are
+/// stored; all others are generated.
+#[derive(Debug, Clone, Default)]
+struct Mutations {
+    /// Distinguishes snapshots (search-cache keys); 0 before any change.
+    generation: u64,
+    /// Active records appended by `add`, at positions from `seed.count` on.
+    added: usize,
+    /// Every changed or added active record, by position.
+    overrides: BTreeMap<usize, Override>,
+    /// Positions of archived active records (the `archived=true` listing
+    /// serves them before the generated archived records).
+    archived: BTreeSet<usize>,
+}
+
+impl Mutations {
+    fn population(&self, schema: &TypeSchema) -> usize {
+        schema.seed.count + self.added
+    }
+
+    fn life(&self, pos: usize) -> Life {
+        self.overrides.get(&pos).map_or(Life::Active, |o| o.life)
+    }
+
+    /// Panics unless `pos` is an active record.
+    fn check_active(&self, schema: &TypeSchema, pos: usize, what: &str) {
+        let population = self.population(schema);
+        assert!(
+            pos < population,
+            "HubSpotFake::{what}: {} index {pos} is out of range (0..{population})",
+            schema.name
+        );
+        let life = self.life(pos);
+        assert!(
+            life == Life::Active,
+            "HubSpotFake::{what}: {} index {pos} (id {}) is not active: {life:?}",
+            schema.name,
+            ACTIVE_ID_BASE + pos as u64
+        );
+    }
+
+    /// The override of `pos`, created from the generated record if needed.
+    fn entry(&mut self, schema: &TypeSchema, seed: u64, pos: usize) -> &mut Override {
+        self.overrides.entry(pos).or_insert_with(|| Override {
+            created: None,
+            updated: schema.rec(seed, false, pos).updated,
+            version: 0,
+            merged_ids: None,
+            life: Life::Active,
+        })
+    }
+}
+
+/// One object type as a request (or a truth helper) sees it: the schema and
+/// a snapshot of its changes.
+struct View<'a> {
+    schema: &'a TypeSchema,
+    muts: &'a Mutations,
+    seed: u64,
+}
+
+impl<'a> View<'a> {
+    /// Active positions in use (live or not): `0..population`.
+    fn population(&self) -> usize {
+        self.muts.population(self.schema)
+    }
+
+    fn is_active(&self, pos: usize) -> bool {
+        pos < self.population() && self.muts.life(pos) == Life::Active
+    }
+
+    /// The record at `pos` of the active (or archived) id space, with its
+    /// changes.
+    fn rec(&self, archived: bool, pos: usize) -> Rec<'a> {
+        let mut rec = self.schema.rec(self.seed, archived, pos);
+        if !archived {
+            if let Some(o) = self.muts.overrides.get(&pos) {
+                o.apply(&mut rec);
+            }
+        }
+        rec
+    }
+
+    /// `(archived id space, position, life)` of an id that exists or existed.
+    /// Records of the archived id space are always `Life::Archived`.
+    fn locate(&self, id: u64) -> Option<(bool, usize, Life)> {
+        if id >= ARCHIVED_ID_BASE {
+            let pos = usize::try_from(id - ARCHIVED_ID_BASE).ok()?;
+            (pos < self.schema.seed.archived).then(|| {
+                let at = self.schema.rec(self.seed, true, pos).archived_at;
+                (true, pos, Life::Archived(at.unwrap_or_default()))
+            })
+        } else if id >= ACTIVE_ID_BASE {
+            let pos = usize::try_from(id - ACTIVE_ID_BASE).ok()?;
+            (pos < self.population()).then(|| (false, pos, self.muts.life(pos)))
+        } else {
+            None
+        }
+    }
+
+    /// The end of the merge chain that starts at `pos`.
+    fn survivor(&self, mut pos: usize) -> usize {
+        while let Life::Merged(next) = self.muts.life(pos) {
+            pos = next;
+        }
+        pos
+    }
+
+    /// The first active position at or after `from`.
+    fn next_active(&self, from: usize) -> Option<usize> {
+        let population = self.population();
+        let mut pos = from;
+        if self.muts.overrides.is_empty() {
+            return (pos < population).then_some(pos);
+        }
+        for (&p, o) in self.muts.overrides.range(from..) {
+            if p > pos {
+                break;
+            }
+            if o.life == Life::Active {
+                break;
+            }
+            pos = p + 1;
+        }
+        (pos < population).then_some(pos)
+    }
+}
+
 struct Inner {
     uri: String,
     cfg: FakeConfig,
     schemas: HashMap<String, Arc<TypeSchema>>,
     state: Mutex<State>,
     search_cache: Mutex<VecDeque<(String, Arc<SearchHits>)>>,
+    /// Source of `Mutations::generation`.
+    generation: AtomicU64,
     latency_nanos: AtomicU64,
     requests: AtomicU64,
     rate_limited: AtomicU64,
@@ -2141,6 +2581,7 @@ impl Inner {
             schemas,
             state: Mutex::new(state),
             search_cache: Mutex::new(VecDeque::new()),
+            generation: AtomicU64::new(0),
             latency_nanos: AtomicU64::new(latency),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
@@ -2183,11 +2624,50 @@ impl Inner {
             .or_else(|| self.schemas.get(&self.canonical(object_type)))
     }
 
-    fn record_value(&self, schema: &TypeSchema, archived: bool, pos: usize) -> Value {
-        let rec = schema.rec(self.cfg.seed, archived, pos);
+    /// The current changes of `schema`'s type.
+    fn snapshot(&self, schema: &TypeSchema) -> Arc<Mutations> {
+        Arc::clone(&schema.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn view<'a>(&self, schema: &'a TypeSchema, muts: &'a Mutations) -> View<'a> {
+        View {
+            schema,
+            muts,
+            seed: self.cfg.seed,
+        }
+    }
+
+    /// Applies one change to the type `object_type` and drops the type's
+    /// cached searches. Panics when the type is unknown; `change` must
+    /// validate (and panic) before it changes anything.
+    fn mutate<R>(
+        &self,
+        object_type: &str,
+        change: impl FnOnce(&TypeSchema, u64, &mut Mutations) -> R,
+    ) -> R {
+        let Some(schema) = self.resolve(object_type) else {
+            panic!("HubSpotFake: unknown object type '{object_type}'");
+        };
+        let result = {
+            let mut current = schema.changes.lock().unwrap_or_else(|e| e.into_inner());
+            // Copies the changes only while a request still reads them.
+            let muts = Arc::make_mut(&mut current);
+            let result = change(schema, self.cfg.seed, muts);
+            muts.generation = self.generation.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+            result
+        };
+        let prefix = format!("{}|", schema.name);
+        self.search_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(key, _)| !key.starts_with(&prefix));
+        result
+    }
+
+    fn record_value(&self, schema: &TypeSchema, rec: &Rec<'_>) -> Value {
         let mut w = RecordWriter::new(self, schema, schema.all_sorted(), Vec::new());
         let mut out = String::new();
-        w.write(&mut out, &rec, false);
+        w.write(&mut out, rec, false);
         serde_json::from_str(&out).unwrap_or(Value::Null)
     }
 
@@ -2759,17 +3239,14 @@ impl Inner {
             Ok(a) => a,
             Err(reply) => return reply,
         };
-        let (population, base) = if archived {
-            (schema.seed.archived, ARCHIVED_ID_BASE)
-        } else {
-            (schema.seed.count, ACTIVE_ID_BASE)
-        };
-        let start = match query.get("after") {
-            None | Some("") => 0,
+        let muts = self.snapshot(schema);
+        let view = self.view(schema, &muts);
+        // Cursors are the id of the next record. Archived active records
+        // (ids below the archived range) come first in the archived listing.
+        let start_id = match query.get("after") {
+            None | Some("") => ACTIVE_ID_BASE,
             Some(after) => match decode_cursor(after) {
-                Some(id) if id >= base => {
-                    usize::try_from(id - base).map_or(population, |p| p.min(population))
-                }
+                Some(id) if id >= ACTIVE_ID_BASE => id,
                 _ => {
                     return self.bad_request(&format!(
                         "Invalid input: '{after}' is not a valid paging cursor"
@@ -2777,7 +3254,32 @@ impl Inner {
                 }
             },
         };
-        let end = start.saturating_add(limit).min(population);
+        // This page's records and the next one, as (archived id space, position).
+        let mut items: Vec<(bool, usize)> = Vec::with_capacity(limit + 1);
+        let start = usize::try_from(start_id - ACTIVE_ID_BASE).unwrap_or(usize::MAX);
+        if archived {
+            if start_id < ARCHIVED_ID_BASE {
+                items.extend(
+                    muts.archived
+                        .range(start..)
+                        .take(limit + 1)
+                        .map(|&pos| (false, pos)),
+                );
+            }
+            let from = usize::try_from(start_id.saturating_sub(ARCHIVED_ID_BASE))
+                .unwrap_or(usize::MAX)
+                .min(schema.seed.archived);
+            let room = limit + 1 - items.len();
+            items.extend((from..schema.seed.archived).take(room).map(|j| (true, j)));
+        } else {
+            let mut next = view.next_active(start);
+            while let Some(pos) = next.filter(|_| items.len() <= limit) {
+                items.push((false, pos));
+                next = view.next_active(pos + 1);
+            }
+        }
+        let next_item = items.get(limit).copied();
+        items.truncate(limit);
         let (malformed, repeat) = if archived {
             (false, false)
         } else {
@@ -2786,20 +3288,26 @@ impl Inner {
         let props = schema.select(query.all("properties"));
         let hist = schema.select_exact(query.all("propertiesWithHistory"));
         let mut writer = RecordWriter::new(self, schema, props, hist);
-        let mut out = String::with_capacity(64 + (end - start) * writer.estimate());
+        let mut out = String::with_capacity(64 + items.len() * writer.estimate());
         out.push_str("{\"results\":[");
-        let broken = (malformed && end > start).then(|| (end - start - 1).min(3));
-        for (k, pos) in (start..end).enumerate() {
+        let broken = (malformed && !items.is_empty()).then(|| (items.len() - 1).min(3));
+        for (k, &(space, pos)) in items.iter().enumerate() {
             if k > 0 {
                 out.push(',');
             }
-            let rec = schema.rec(self.cfg.seed, archived, pos);
-            writer.write(&mut out, &rec, broken == Some(k));
+            writer.write(&mut out, &view.rec(space, pos), broken == Some(k));
         }
         out.push(']');
-        if end < population {
-            let next = if repeat { start } else { end };
-            let after = encode_cursor(base + next as u64);
+        if let Some(next_item) = next_item {
+            let next_id = if repeat {
+                start_id
+            } else {
+                match next_item {
+                    (true, j) => ARCHIVED_ID_BASE + j as u64,
+                    (false, pos) => ACTIVE_ID_BASE + pos as u64,
+                }
+            };
+            let after = encode_cursor(next_id);
             let link = self.next_link(req, &after);
             out.push_str(",\"paging\":{\"next\":{\"after\":");
             push_json_str(&mut out, &after);
@@ -2842,20 +3350,27 @@ impl Inner {
                 ));
             }
         }
+        let muts = self.snapshot(schema);
+        let view = self.view(schema, &muts);
         let id = req.url.path().rsplit('/').next().unwrap_or("");
-        let found = id
-            .parse::<u64>()
-            .ok()
-            .and_then(|id| schema.locate(id))
-            .filter(|(a, _)| *a == archived);
-        let Some((archived, pos)) = found else {
+        // As HubSpot, the id of a merged-away record answers its survivor.
+        let found = match id.parse::<u64>().ok().and_then(|id| view.locate(id)) {
+            Some((space, pos, Life::Archived(_))) if archived => Some((space, pos)),
+            Some((_, pos, Life::Active)) if !archived => Some((false, pos)),
+            Some((_, pos, Life::Merged(_))) if !archived => {
+                let survivor = view.survivor(pos);
+                view.is_active(survivor).then_some((false, survivor))
+            }
+            _ => None,
+        };
+        let Some((space, pos)) = found else {
             return self.not_found();
         };
         let props = schema.select(query.all("properties"));
         let hist = schema.select_exact(query.all("propertiesWithHistory"));
         let mut writer = RecordWriter::new(self, schema, props, hist);
         let mut out = String::with_capacity(writer.estimate());
-        writer.write(&mut out, &schema.rec(self.cfg.seed, archived, pos), false);
+        writer.write(&mut out, &view.rec(space, pos), false);
         Reply::json(200, out)
     }
 
@@ -2897,6 +3412,8 @@ impl Inner {
         };
         let props = schema.select(names("properties"));
         let hist = schema.select_exact(names("propertiesWithHistory"));
+        let muts = self.snapshot(schema);
+        let view = self.view(schema, &muts);
         let mut writer = RecordWriter::new(self, schema, props, hist);
         let mut results = String::with_capacity(16 + inputs.len() * writer.estimate());
         let mut seen = HashSet::new();
@@ -2908,20 +3425,26 @@ impl Inner {
                 Some(Value::Number(n)) => n.to_string(),
                 _ => return self.bad_request("Invalid input JSON: every input needs an 'id'"),
             };
+            // Merged-away ids answer not found here (only a single get
+            // follows a merge to its survivor).
             let found = id
                 .trim()
                 .parse::<u64>()
                 .ok()
-                .and_then(|n| schema.locate(n))
-                .filter(|(a, _)| *a == archived);
+                .and_then(|n| view.locate(n))
+                .filter(|(_, _, life)| match life {
+                    Life::Active => !archived,
+                    Life::Archived(_) => archived,
+                    Life::Merged(_) => false,
+                });
             match found {
-                Some((a, pos)) => {
-                    if seen.insert(pos) {
+                Some((space, pos, _)) => {
+                    if seen.insert((space, pos)) {
                         if !first {
                             results.push(',');
                         }
                         first = false;
-                        writer.write(&mut results, &schema.rec(self.cfg.seed, a, pos), false);
+                        writer.write(&mut results, &view.rec(space, pos), false);
                     }
                 }
                 None => {
@@ -2985,14 +3508,17 @@ impl Inner {
                 request.after, schema.last_modified
             ));
         }
+        let muts = self.snapshot(schema);
+        let view = self.view(schema, &muts);
         let cache_key = format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}",
             schema.name,
+            muts.generation,
             obj.get("filterGroups").unwrap_or(&Value::Null),
             obj.get("sorts").unwrap_or(&Value::Null),
             obj.get("query").unwrap_or(&Value::Null),
         );
-        let hits = self.cached_search(&cache_key, || run_search(self.cfg.seed, schema, &request));
+        let hits = self.cached_search(&cache_key, || run_search(&view, &request));
         let start = request.after.min(hits.top.len());
         let end = start.saturating_add(request.limit).min(hits.top.len());
         let props = match obj.get("properties").and_then(Value::as_array) {
@@ -3006,7 +3532,7 @@ impl Inner {
             if k > 0 {
                 out.push(',');
             }
-            writer.write(&mut out, &schema.rec(self.cfg.seed, false, pos), false);
+            writer.write(&mut out, &view.rec(false, pos), false);
         }
         out.push(']');
         if end > start && end < hits.total {
@@ -3366,7 +3892,7 @@ impl<'a> RecordWriter<'a> {
         160 + self.props.len() * 48 + self.hist.len() * 160
     }
 
-    fn write(&mut self, out: &mut String, rec: &Rec, malformed: bool) {
+    fn write(&mut self, out: &mut String, rec: &Rec<'_>, malformed: bool) {
         let _ = write!(out, "{{\"id\":\"{}\",\"properties\":", rec.id);
         if malformed {
             push_json_str(out, "[object Object]");
@@ -3483,7 +4009,8 @@ struct Filter {
 #[derive(Debug)]
 struct Group {
     filters: Vec<Filter>,
-    /// Candidate active-record positions `lo..hi` implied by the filters.
+    /// Candidate positions `lo..hi` of generated (unchanged) active records
+    /// implied by the filters.
     range: (usize, usize),
 }
 
@@ -3634,7 +4161,7 @@ impl SearchRequest {
                         }
                     };
                     total += filters.len();
-                    let range = group_range(&filters, schema.seed.count);
+                    let range = group_range(&filters, schema.seed.count, true);
                     groups.push(Group { filters, range });
                 }
                 if total > 18 {
@@ -3726,9 +4253,10 @@ fn parse_filter(schema: &TypeSchema, f: &Value) -> Result<Filter, String> {
 }
 
 /// Narrows the active positions a group can match, from its filters on the
-/// id and the timestamps (created times grow with the position, and
-/// `updated - created < UPDATE_SPAN_MS`). Conservative by one position.
-fn group_range(filters: &[Filter], count: usize) -> (usize, usize) {
+/// id and, with `times`, the timestamps (created times of generated records
+/// grow with the position, and `updated - created < UPDATE_SPAN_MS`).
+/// Conservative by one position.
+fn group_range(filters: &[Filter], count: usize, times: bool) -> (usize, usize) {
     let mut lo: i128 = 0;
     let mut hi: i128 = count as i128; // exclusive
     for f in filters {
@@ -3750,6 +4278,7 @@ fn group_range(filters: &[Filter], count: usize) -> (usize, usize) {
                 min.map(|m| m - i128::from(ACTIVE_ID_BASE)),
                 max.map(|m| m - i128::from(ACTIVE_ID_BASE)),
             ),
+            Operand::Created | Operand::Updated if !times => continue,
             Operand::Created => (
                 min.map(|m| (m - base - step + 1).div_euclid(step)),
                 max.map(|m| (m - base).div_euclid(step)),
@@ -3777,7 +4306,7 @@ fn group_range(filters: &[Filter], count: usize) -> (usize, usize) {
 fn record_val(
     schema: &TypeSchema,
     operand: Operand,
-    rec: &Rec,
+    rec: &Rec<'_>,
     scratch: &mut String,
 ) -> Option<Val> {
     match operand {
@@ -3803,7 +4332,7 @@ fn record_val(
 fn record_text(
     schema: &TypeSchema,
     operand: Operand,
-    rec: &Rec,
+    rec: &Rec<'_>,
     scratch: &mut String,
 ) -> Option<String> {
     scratch.clear();
@@ -3822,7 +4351,7 @@ fn record_text(
     (!scratch.is_empty()).then(|| scratch.to_lowercase())
 }
 
-fn filter_matches(schema: &TypeSchema, f: &Filter, rec: &Rec, scratch: &mut String) -> bool {
+fn filter_matches(schema: &TypeSchema, f: &Filter, rec: &Rec<'_>, scratch: &mut String) -> bool {
     if matches!(f.op, Op::ContainsToken | Op::NotContainsToken) {
         let found = record_text(schema, f.operand, rec, scratch)
             .is_some_and(|text| text.contains(&f.token));
@@ -3852,7 +4381,7 @@ fn filter_matches(schema: &TypeSchema, f: &Filter, rec: &Rec, scratch: &mut Stri
     }
 }
 
-fn query_matches(schema: &TypeSchema, query: &str, rec: &Rec, scratch: &mut String) -> bool {
+fn query_matches(schema: &TypeSchema, query: &str, rec: &Rec<'_>, scratch: &mut String) -> bool {
     if rec.id.to_string() == query {
         return true;
     }
@@ -3863,7 +4392,12 @@ fn query_matches(schema: &TypeSchema, query: &str, rec: &Rec, scratch: &mut Stri
 }
 
 /// Sort key of a record for a slow (generated-property) sort; `None` sorts last.
-fn slow_key(schema: &TypeSchema, operand: Operand, rec: &Rec, scratch: &mut String) -> Option<Val> {
+fn slow_key(
+    schema: &TypeSchema,
+    operand: Operand,
+    rec: &Rec<'_>,
+    scratch: &mut String,
+) -> Option<Val> {
     record_val(schema, operand, rec, scratch)
 }
 
@@ -3879,8 +4413,31 @@ fn keep_first<T>(items: &mut Vec<T>, k: usize, mut cmp: impl FnMut(&T, &T) -> Or
     items.sort_unstable_by(cmp);
 }
 
-fn run_search(seed: u64, schema: &TypeSchema, request: &SearchRequest) -> SearchHits {
+/// Calls `visit` with every active record that matches `request`: first the
+/// generated (unchanged) ones in the narrowed position range, then the
+/// changed and added ones.
+fn for_each_match<'a>(
+    view: &View<'a>,
+    request: &SearchRequest,
+    mut visit: impl FnMut(usize, &Rec<'a>),
+) {
+    let schema = view.schema;
     let count = schema.seed.count;
+    let mut scratch = String::new();
+    let mut matches = |rec: &Rec<'_>, generated: Option<usize>| -> bool {
+        let in_groups = request.groups.is_empty()
+            || request.groups.iter().any(|g| {
+                generated.is_none_or(|pos| pos >= g.range.0 && pos < g.range.1)
+                    && g.filters
+                        .iter()
+                        .all(|f| filter_matches(schema, f, rec, &mut scratch))
+            });
+        in_groups
+            && request
+                .query
+                .as_deref()
+                .is_none_or(|q| query_matches(schema, q, rec, &mut scratch))
+    };
     let (lo, hi) = if request.groups.is_empty() {
         (0, count)
     } else {
@@ -3888,37 +4445,62 @@ fn run_search(seed: u64, schema: &TypeSchema, request: &SearchRequest) -> Search
             (lo.min(g.range.0), hi.max(g.range.1))
         })
     };
-    let mut scratch = String::new();
-    let matching = |pos: usize, scratch: &mut String| -> Option<Rec> {
-        let rec = schema.rec(seed, false, pos);
-        let in_groups = request.groups.is_empty()
-            || request.groups.iter().any(|g| {
-                pos >= g.range.0
-                    && pos < g.range.1
-                    && g.filters
-                        .iter()
-                        .all(|f| filter_matches(schema, f, &rec, scratch))
-            });
-        let in_query = request
-            .query
-            .as_deref()
-            .is_none_or(|q| query_matches(schema, q, &rec, scratch));
-        (in_groups && in_query).then_some(rec)
+    let hi = hi.max(lo);
+    // Changed records are skipped here: their timestamps no longer follow
+    // their position.
+    let mut changed = view
+        .muts
+        .overrides
+        .range(lo..hi)
+        .map(|(&p, _)| p)
+        .peekable();
+    for pos in lo..hi {
+        if changed.peek() == Some(&pos) {
+            changed.next();
+            continue;
+        }
+        let rec = schema.rec(view.seed, false, pos);
+        if matches(&rec, Some(pos)) {
+            visit(pos, &rec);
+        }
+    }
+    if view.muts.overrides.is_empty() {
+        return;
+    }
+    let population = view.population();
+    let (lo, hi) = if request.groups.is_empty() {
+        (0, population)
+    } else {
+        request.groups.iter().fold((population, 0), |(lo, hi), g| {
+            let (a, b) = group_range(&g.filters, population, false);
+            (lo.min(a), hi.max(b))
+        })
     };
+    for (&pos, o) in view.muts.overrides.range(lo..hi.max(lo)) {
+        if o.life != Life::Active {
+            continue;
+        }
+        let rec = view.rec(false, pos);
+        if matches(&rec, None) {
+            visit(pos, &rec);
+        }
+    }
+}
+
+fn run_search(view: &View<'_>, request: &SearchRequest) -> SearchHits {
+    let schema = view.schema;
     let (operand, desc) = request.sort.unwrap_or((Operand::Id, false));
     match operand {
         Operand::Id | Operand::Created | Operand::Updated => {
             let mut hits: Vec<(i64, usize)> = Vec::new();
-            for pos in lo..hi.max(lo) {
-                if let Some(rec) = matching(pos, &mut scratch) {
-                    let key = match operand {
-                        Operand::Created => rec.created,
-                        Operand::Updated => rec.updated,
-                        _ => rec.id as i64,
-                    };
-                    hits.push((if desc { -key } else { key }, pos));
-                }
-            }
+            for_each_match(view, request, |pos, rec| {
+                let key = match operand {
+                    Operand::Created => rec.created,
+                    Operand::Updated => rec.updated,
+                    _ => rec.id as i64,
+                };
+                hits.push((if desc { -key } else { key }, pos));
+            });
             let total = hits.len();
             keep_first(&mut hits, SEARCH_CAP, |a, b| a.cmp(b));
             SearchHits {
@@ -3929,11 +4511,9 @@ fn run_search(seed: u64, schema: &TypeSchema, request: &SearchRequest) -> Search
         Operand::Prop(_) => {
             let mut hits: Vec<(Option<Val>, usize)> = Vec::new();
             let mut key_scratch = String::new();
-            for pos in lo..hi.max(lo) {
-                if let Some(rec) = matching(pos, &mut scratch) {
-                    hits.push((slow_key(schema, operand, &rec, &mut key_scratch), pos));
-                }
-            }
+            for_each_match(view, request, |pos, rec| {
+                hits.push((slow_key(schema, operand, rec, &mut key_scratch), pos));
+            });
             let total = hits.len();
             keep_first(&mut hits, SEARCH_CAP, |a, b| {
                 let by_key = match (&a.0, &b.0) {
@@ -4130,7 +4710,7 @@ mod tests {
         for i in 0..250 {
             let r = fake.record("contacts", i);
             let props = r["properties"].as_object().expect("properties");
-            assert_eq!(props.len(), 18 + 5);
+            assert_eq!(props.len(), 19 + 5);
             for v in props.values() {
                 match v {
                     Value::Null => nulls += 1,
@@ -4727,7 +5307,7 @@ mod tests {
         let fake = HubSpotFake::start(FakeConfig::default()).await;
         let v = body(get(&fake, "/crm/v3/properties/contacts", Some(PAT)).await).await;
         let props = v["results"].as_array().expect("results");
-        assert_eq!(props.len(), 23);
+        assert_eq!(props.len(), 24);
         let mut types: Vec<&str> = props.iter().filter_map(|p| p["type"].as_str()).collect();
         types.sort_unstable();
         types.dedup();
@@ -4755,7 +5335,11 @@ mod tests {
                 assert!(p[field].is_string(), "{field} in {p}");
             }
             assert!(p["modificationMetadata"]["readOnlyValue"].is_boolean());
-            if p["type"] == "enumeration" && p["externalOptions"] == false {
+            // HubSpot's hs_merged_object_ids is an enumeration without options.
+            if p["type"] == "enumeration"
+                && p["externalOptions"] == false
+                && p["name"] != "hs_merged_object_ids"
+            {
                 let options = p["options"].as_array().expect("options");
                 assert!(!options.is_empty(), "{p}");
                 assert!(options
@@ -4825,5 +5409,534 @@ mod tests {
         let v = body(get(&fake, "/account-info/v3/details", Some(PAT)).await).await;
         assert_eq!(v["portalId"], 62515);
         assert_eq!(v["companyCurrency"], "USD");
+    }
+
+    // ----- mutations -----
+
+    /// 2030-01-01T00:00:00Z, later than every generated timestamp.
+    const T1: i64 = 1_893_456_000_000;
+
+    async fn search(fake: &HubSpotFake, object_type: &str, req: &Value) -> Value {
+        let path = format!("/crm/v3/objects/{object_type}/search");
+        let resp = post_json(fake, &path, req).await;
+        assert_eq!(resp.status(), 200);
+        body(resp).await
+    }
+
+    /// Every record of a list walk that starts at `path`, following links.
+    async fn walk(fake: &HubSpotFake, path: &str) -> Vec<Value> {
+        let client = reqwest::Client::new();
+        let mut url = format!("{}{path}", fake.uri());
+        let mut records = Vec::new();
+        loop {
+            let resp = client
+                .get(&url)
+                .bearer_auth(PAT)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status(), 200);
+            let page = body(resp).await;
+            records.extend(page["results"].as_array().expect("results").iter().cloned());
+            match page["paging"]["next"]["link"].as_str() {
+                Some(link) => url = link.to_string(),
+                None => return records,
+            }
+        }
+    }
+
+    fn ids_of(records: &Value) -> Vec<String> {
+        records
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn since(property: &str, ms: i64) -> Value {
+        json!({
+            "filterGroups": [{"filters": [
+                {"propertyName": property, "operator": "GTE", "value": ms.to_string()}
+            ]}],
+            "sorts": [{"propertyName": property, "direction": "ASCENDING"}],
+            "properties": ["firstname", property, "hs_merged_object_ids"],
+            "limit": 200,
+        })
+    }
+
+    fn versioned(base: &Value, version: u32) -> String {
+        match base.as_str() {
+            Some(s) if !s.is_empty() => format!("{s} (v{version})"),
+            _ => format!("(v{version})"),
+        }
+    }
+
+    #[tokio::test]
+    async fn touch_updates_every_endpoint() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let window = since("lastmodifieddate", T1);
+        assert_eq!(search(&fake, "contacts", &window).await["total"], 0);
+        let before = fake.record("contacts", 3);
+        let neighbour = fake.record("contacts", 4);
+        fake.touch("contacts", 3, T1 + 5);
+        fake.touch("contacts", 7, T1);
+
+        // Search (the cached empty answer is gone), sorted with the new times.
+        let v = search(&fake, "contacts", &window).await;
+        assert_eq!(v["total"], 2);
+        assert_eq!(ids_of(&v["results"]), ["1007", "1003"]);
+        let hit = &v["results"][1];
+        let name = versioned(&before["properties"]["firstname"], 1);
+        assert_eq!(hit["properties"]["firstname"], name.as_str());
+        assert_eq!(hit["properties"]["lastmodifieddate"], iso(T1 + 5));
+        assert_eq!(hit["updatedAt"], iso(T1 + 5));
+        assert_eq!(hit["createdAt"], before["createdAt"]);
+
+        // List, get and batch read serve the same record as the truth.
+        let truth = fake.record("contacts", 3);
+        assert_eq!(truth["properties"]["firstname"], name.as_str());
+        assert_eq!(truth["properties"]["email"], before["properties"]["email"]);
+        let page = body(get(&fake, "/crm/v3/objects/contacts?limit=10", Some(PAT)).await).await;
+        assert_eq!(page["results"][3]["updatedAt"], iso(T1 + 5));
+        assert_eq!(page["results"][3]["properties"]["firstname"], name.as_str());
+        let all = walk(&fake, "/crm/v3/objects/contacts?limit=100&properties=firstname,lastmodifieddate,email,createdate,hs_object_id,lastname,phone").await;
+        assert_eq!(all.len(), 250);
+        for (k, v) in all[3]["properties"].as_object().expect("properties") {
+            assert_eq!(v, &truth["properties"][k], "{k}");
+        }
+        let one = body(get(&fake, "/crm/v3/objects/contacts/1003", Some(PAT)).await).await;
+        assert_eq!(one["properties"]["lastmodifieddate"], iso(T1 + 5));
+        let req = json!({"inputs": [{"id": "1003"}], "properties": ["firstname"]});
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/batch/read", &req).await;
+        assert_eq!(resp.status(), 200);
+        let v = body(resp).await;
+        assert_eq!(v["results"][0]["properties"]["firstname"], name.as_str());
+        assert_eq!(v["results"][0]["updatedAt"], iso(T1 + 5));
+        assert_eq!(fake.record("contacts", 4), neighbour);
+
+        // A second touch: new version, new order.
+        fake.touch("contacts", 3, T1 - 1);
+        let truth = fake.record("contacts", 3);
+        let name = versioned(&before["properties"]["firstname"], 2);
+        assert_eq!(truth["properties"]["firstname"], name.as_str());
+        let mut older = since("lastmodifieddate", T1 - 1);
+        older["properties"] = json!(["firstname"]);
+        let v = search(&fake, "contacts", &older).await;
+        assert_eq!(ids_of(&v["results"]), ["1003", "1007"]);
+        assert_eq!(v["results"][0]["properties"]["firstname"], name.as_str());
+        let v = search(&fake, "contacts", &json!({"query": "(v2)", "limit": 5})).await;
+        assert_eq!(ids_of(&v["results"]), ["1003"]);
+
+        // Other types version their name-like property.
+        assert_eq!(
+            fake.versioned_property("companies").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            fake.versioned_property("deals").as_deref(),
+            Some("dealname")
+        );
+        assert_eq!(
+            fake.versioned_property("tickets").as_deref(),
+            Some("subject")
+        );
+        assert_eq!(fake.versioned_property("widgets"), None);
+        let company = fake.record("companies", 0);
+        fake.touch("companies", 0, T1);
+        let touched = fake.record("companies", 0);
+        assert_eq!(touched["properties"]["hs_lastmodifieddate"], iso(T1));
+        assert_eq!(
+            touched["properties"]["name"],
+            versioned(&company["properties"]["name"], 1)
+        );
+        let v = search(&fake, "companies", &since("hs_lastmodifieddate", T1)).await;
+        assert_eq!(ids_of(&v["results"]), ["1000"]);
+    }
+
+    #[tokio::test]
+    async fn archive_moves_records_to_the_archived_listing() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let all_by_id = json!({"sorts": ["hs_object_id"], "properties": [], "limit": 1});
+        assert_eq!(search(&fake, "contacts", &all_by_id).await["total"], 250);
+        fake.archive("contacts", 7, T1);
+        fake.archive("contacts", 2, T1 + 1);
+        fake.archive("contacts", 249, T1 + 2);
+
+        let active = walk(&fake, "/crm/v3/objects/contacts?limit=3&properties=email").await;
+        let active = ids_of(&Value::Array(active));
+        assert_eq!(active.len(), 247);
+        assert_eq!(active, fake.ids("contacts", false));
+        assert!(!active
+            .iter()
+            .any(|id| ["1002", "1007", "1249"].contains(&id.as_str())));
+        assert_eq!(active.last().map(String::as_str), Some("1248"));
+
+        // The archived listing: archived active records first, paged across.
+        let archived = walk(&fake, "/crm/v3/objects/contacts?archived=true&limit=2").await;
+        let ids = ids_of(&Value::Array(archived.clone()));
+        assert_eq!(ids, fake.ids("contacts", true));
+        assert_eq!(
+            ids,
+            [
+                "1002",
+                "1007",
+                "1249",
+                "900000000",
+                "900000001",
+                "900000002",
+                "900000003",
+                "900000004"
+            ]
+        );
+        assert!(archived.iter().all(|r| r["archived"] == true));
+        assert_eq!(archived[1]["archivedAt"], iso(T1));
+        assert_eq!(archived[1]["updatedAt"], iso(T1));
+        let truth = fake.record("contacts", 7);
+        assert_eq!(fake.record_by_id("contacts", "1007").as_ref(), Some(&truth));
+        for key in ["id", "archived", "archivedAt", "createdAt", "updatedAt"] {
+            assert_eq!(archived[1][key], truth[key], "{key}");
+        }
+        for (k, v) in archived[1]["properties"].as_object().expect("properties") {
+            assert_eq!(v, &truth["properties"][k], "{k}");
+        }
+
+        // Batch read answers it in errors; with archived=true it is there.
+        let req = json!({"inputs": [{"id": "1006"}, {"id": "1007"}], "properties": ["email"]});
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/batch/read", &req).await;
+        assert_eq!(resp.status(), 207);
+        let v = body(resp).await;
+        assert_eq!(ids_of(&v["results"]), ["1006"]);
+        assert_eq!(v["errors"][0]["category"], "OBJECT_NOT_FOUND");
+        assert_eq!(v["errors"][0]["context"]["ids"], json!(["1007"]));
+        let req = json!({"inputs": [{"id": "1007"}, {"id": "900000001"}, {"id": "1007"}]});
+        let path = "/crm/v3/objects/contacts/batch/read?archived=true";
+        let resp = post_json(&fake, path, &req).await;
+        assert_eq!(resp.status(), 200);
+        let v = body(resp).await;
+        assert_eq!(ids_of(&v["results"]), ["1007", "900000001"]);
+        assert_eq!(v["results"][0]["archived"], true);
+        assert_eq!(v["results"][0]["archivedAt"], iso(T1));
+
+        // Get and search.
+        let resp = get(&fake, "/crm/v3/objects/contacts/1007", Some(PAT)).await;
+        assert_eq!(resp.status(), 404);
+        let resp = get(
+            &fake,
+            "/crm/v3/objects/contacts/1007?archived=true",
+            Some(PAT),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body(resp).await["archivedAt"], iso(T1));
+        assert_eq!(search(&fake, "contacts", &all_by_id).await["total"], 247);
+        let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+        assert_eq!(v["total"], 0);
+    }
+
+    #[tokio::test]
+    async fn merge_hides_the_loser_and_marks_the_survivor() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let prop = body(
+            get(
+                &fake,
+                "/crm/v3/properties/deals/hs_merged_object_ids",
+                Some(PAT),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(prop["type"], "enumeration");
+        assert_eq!(prop["fieldType"], "checkbox");
+        assert!(fake
+            .property_names("tickets")
+            .contains(&"hs_merged_object_ids".to_string()));
+        let survivor = fake.record("contacts", 20);
+        assert_eq!(survivor["properties"]["hs_merged_object_ids"], Value::Null);
+
+        fake.merge("contacts", 10, 20, T1);
+        let active = fake.ids("contacts", false);
+        assert_eq!(active.len(), 249);
+        assert!(!active.contains(&"1010".to_string()));
+        assert!(!fake.ids("contacts", true).contains(&"1010".to_string()));
+        let listed = walk(&fake, "/crm/v3/objects/contacts?archived=true&limit=100").await;
+        assert_eq!(listed.len(), 5);
+        let listed = walk(
+            &fake,
+            "/crm/v3/objects/contacts?limit=100&properties=hs_merged_object_ids,firstname",
+        )
+        .await;
+        assert_eq!(ids_of(&Value::Array(listed.clone())), active);
+        let merged: Vec<&Value> = listed
+            .iter()
+            .filter(|r| !r["properties"]["hs_merged_object_ids"].is_null())
+            .collect();
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0]["id"], "1020");
+        assert_eq!(merged[0]["properties"]["hs_merged_object_ids"], "1010");
+        assert_eq!(merged[0]["updatedAt"], iso(T1));
+        let name = versioned(&survivor["properties"]["firstname"], 1);
+        assert_eq!(merged[0]["properties"]["firstname"], name.as_str());
+
+        // Search sees the survivor's new time and its merged ids.
+        let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+        assert_eq!(ids_of(&v["results"]), ["1020"]);
+        assert_eq!(
+            v["results"][0]["properties"]["hs_merged_object_ids"],
+            "1010"
+        );
+        let has = json!({"filterGroups": [{"filters": [
+            {"propertyName": "hs_merged_object_ids", "operator": "HAS_PROPERTY"}
+        ]}]});
+        assert_eq!(
+            ids_of(&search(&fake, "contacts", &has).await["results"]),
+            ["1020"]
+        );
+
+        // Get follows the merge; batch read does not; the truth knows.
+        let v = body(get(&fake, "/crm/v3/objects/contacts/1010", Some(PAT)).await).await;
+        assert_eq!(v["id"], "1020");
+        let resp = get(
+            &fake,
+            "/crm/v3/objects/contacts/1010?archived=true",
+            Some(PAT),
+        )
+        .await;
+        assert_eq!(resp.status(), 404);
+        let req = json!({"inputs": [{"id": "1010"}, {"id": "1020"}]});
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/batch/read", &req).await;
+        assert_eq!(resp.status(), 207);
+        let v = body(resp).await;
+        assert_eq!(ids_of(&v["results"]), ["1020"]);
+        assert_eq!(v["errors"][0]["context"]["ids"], json!(["1010"]));
+        assert_eq!(
+            fake.merged_into("contacts", "1010").as_deref(),
+            Some("1020")
+        );
+        assert_eq!(fake.merged_into("contacts", "1020"), None);
+        assert_eq!(fake.record("contacts", 10), Value::Null);
+        assert_eq!(fake.record_by_id("contacts", "1010"), None);
+
+        // Chains: the survivor merged on carries every merged id.
+        fake.merge("contacts", 20, 30, T1 + 1);
+        fake.merge("contacts", 40, 30, T1 + 2);
+        let last = fake.record("contacts", 30);
+        assert_eq!(last["properties"]["hs_merged_object_ids"], "1010;1020;1040");
+        assert_eq!(last["updatedAt"], iso(T1 + 2));
+        assert_eq!(
+            fake.merged_into("contacts", "1010").as_deref(),
+            Some("1030")
+        );
+        let v = body(get(&fake, "/crm/v3/objects/contacts/1010", Some(PAT)).await).await;
+        assert_eq!(v["id"], "1030");
+        let all = json!({"sorts": ["hs_object_id"], "properties": [], "limit": 1});
+        assert_eq!(search(&fake, "contacts", &all).await["total"], 247);
+        assert_eq!(fake.ids("contacts", false).len(), 247);
+    }
+
+    #[tokio::test]
+    async fn add_appends_records_with_new_ids() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        assert_eq!(fake.add("contacts", 3, T1), 250..253);
+        let ids = fake.ids("contacts", false);
+        assert_eq!(ids.len(), 253);
+        assert_eq!(ids[250..], ["1250", "1251", "1252"]);
+        let listed = walk(&fake, "/crm/v3/objects/contacts?limit=100").await;
+        assert_eq!(ids_of(&Value::Array(listed.clone())), ids);
+        let added = fake.record("contacts", 251);
+        assert_eq!(added["createdAt"], iso(T1));
+        assert_eq!(added["updatedAt"], iso(T1));
+        assert_eq!(added["properties"]["createdate"], iso(T1));
+        assert_eq!(added["properties"]["hs_object_id"], "1251");
+        assert_eq!(
+            listed[251]["properties"],
+            json!({
+                "createdate": iso(T1),
+                "email": added["properties"]["email"],
+                "firstname": added["properties"]["firstname"],
+                "hs_object_id": "1251",
+                "lastmodifieddate": iso(T1),
+                "lastname": added["properties"]["lastname"],
+            })
+        );
+
+        // Search by creation time; ties (one creation time) go by id.
+        let v = search(&fake, "contacts", &since("createdate", T1)).await;
+        assert_eq!(v["total"], 3);
+        assert_eq!(ids_of(&v["results"]), ["1250", "1251", "1252"]);
+        let mut desc = since("createdate", T1);
+        desc["sorts"] = json!([{"propertyName": "createdate", "direction": "DESCENDING"}]);
+        assert_eq!(
+            ids_of(&search(&fake, "contacts", &desc).await["results"]),
+            ["1250", "1251", "1252"]
+        );
+        let by_id = json!({"filterGroups": [{"filters": [
+            {"propertyName": "hs_object_id", "operator": "GT", "value": "1249"}
+        ]}], "sorts": ["hs_object_id"]});
+        assert_eq!(
+            ids_of(&search(&fake, "contacts", &by_id).await["results"]),
+            ["1250", "1251", "1252"]
+        );
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts/1252", Some(PAT))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            get(&fake, "/crm/v3/objects/contacts/1253", Some(PAT))
+                .await
+                .status(),
+            404
+        );
+        let req = json!({"inputs": [{"id": "1251"}]});
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/batch/read", &req).await;
+        assert_eq!(resp.status(), 200);
+
+        // Added records can change like the others; ids keep growing.
+        fake.touch("contacts", 252, T1 + 9);
+        fake.archive("contacts", 250, T1 + 10);
+        assert_eq!(fake.ids("contacts", true)[0], "1250");
+        assert_eq!(fake.record("contacts", 252)["updatedAt"], iso(T1 + 9));
+        assert_eq!(fake.record("contacts", 252)["createdAt"], iso(T1));
+        assert_eq!(fake.add("contacts", 2, T1 + 20), 253..255);
+        assert_eq!(fake.ids("contacts", false).len(), 254);
+        assert_eq!(fake.ids("deals", false).len(), 80);
+    }
+
+    #[tokio::test]
+    async fn ties_beyond_the_search_cap_drain_by_id() {
+        let config = FakeConfig {
+            objects: BTreeMap::from([("contacts".to_string(), ObjectSeed::new(12_500, 0))]),
+            ..FakeConfig::default()
+        };
+        let fake = HubSpotFake::start(config).await;
+        fake.touch_many("contacts", 250..12_250, T1);
+
+        // One timestamp, BETWEEN in epoch millis, drained by id.
+        let query = |last: u64| {
+            json!({
+                "filterGroups": [{"filters": [
+                    {"propertyName": "lastmodifieddate", "operator": "BETWEEN",
+                     "value": T1.to_string(), "highValue": T1.to_string()},
+                    {"propertyName": "hs_object_id", "operator": "GT", "value": last.to_string()}
+                ]}],
+                "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                "properties": ["lastmodifieddate"],
+                "limit": 200,
+            })
+        };
+        let first = search(&fake, "contacts", &query(0)).await;
+        assert_eq!(first["total"], 12_000);
+        let mut capped = query(0);
+        capped["after"] = json!("10000");
+        let resp = post_json(&fake, "/crm/v3/objects/contacts/search", &capped).await;
+        assert_eq!(resp.status(), 400);
+        let mut seen: Vec<u64> = Vec::new();
+        let mut last = 0;
+        let mut queries = 0;
+        loop {
+            let v = search(&fake, "contacts", &query(last)).await;
+            queries += 1;
+            assert_eq!(v["total"].as_u64(), Some(12_000 - seen.len() as u64));
+            let results = v["results"].as_array().expect("results");
+            if results.is_empty() {
+                break;
+            }
+            for r in results {
+                assert_eq!(r["properties"]["lastmodifieddate"], iso(T1));
+                last = r["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+                seen.push(last);
+            }
+        }
+        assert_eq!(queries, 61);
+        assert_eq!(seen, (1250..13_250).collect::<Vec<u64>>());
+
+        // Sorted by the timestamp, ties come by id; GTE sees them too.
+        let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+        assert_eq!(v["total"], 12_000);
+        let ids = ids_of(&v["results"]);
+        assert_eq!(ids.len(), 200);
+        assert_eq!(ids[0], "1250");
+        assert_eq!(ids[199], "1449");
+
+        // Touching the tie again moves every record to the new time.
+        fake.touch_many("contacts", 250..12_250, T1 + 1);
+        assert_eq!(search(&fake, "contacts", &query(0)).await["total"], 0);
+        assert_eq!(fake.record("contacts", 12_249)["updatedAt"], iso(T1 + 1));
+        assert_eq!(
+            fake.record("contacts", 12_250)["updatedAt"],
+            fake.record("contacts", 12_250)["properties"]["lastmodifieddate"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mutations_from_many_threads_while_serving() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let fake = fake.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        fake.touch("contacts", t * 50 + i, T1 + t as i64);
+                    }
+                    fake.archive("contacts", t * 50 + 40, T1);
+                    fake.add("contacts", 5, T1);
+                })
+            })
+            .collect();
+        // Requests keep being served while the writers run.
+        for _ in 0..5 {
+            let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+            assert!(v["total"].as_u64().is_some_and(|n| n <= 100 + 20), "{v}");
+        }
+        for w in writers {
+            w.join().expect("writer");
+        }
+        let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+        assert_eq!(v["total"], 100 + 20);
+        assert_eq!(fake.ids("contacts", false).len(), 250 - 4 + 20);
+        assert_eq!(fake.ids("contacts", true).len(), 5 + 4);
+        let listed = walk(&fake, "/crm/v3/objects/contacts?limit=100").await;
+        assert_eq!(ids_of(&Value::Array(listed)), fake.ids("contacts", false));
+    }
+
+    #[test]
+    #[should_panic(expected = "not active")]
+    fn touching_a_merged_record_panics() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let fake = rt.block_on(HubSpotFake::start(FakeConfig::default()));
+        fake.merge("contacts", 1, 2, T1);
+        fake.touch("contacts", 1, T1);
+    }
+
+    #[tokio::test]
+    async fn invalid_mutations_panic_without_changing_anything() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let panics = |change: &dyn Fn()| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(change)).is_err()
+        };
+        assert!(panics(&|| fake.touch_many("contacts", [1, 250], T1)));
+        assert!(panics(&|| fake.merge("contacts", 3, 3, T1)));
+        assert!(panics(&|| fake.archive("widgets", 0, T1)));
+        assert!(panics(&|| {
+            fake.add("contacts", usize::MAX, T1);
+        }));
+        // Nothing changed, and the fake still answers.
+        assert_eq!(fake.record("contacts", 1)["updatedAt"], {
+            let twin = HubSpotFake::start(FakeConfig::default()).await;
+            twin.record("contacts", 1)["updatedAt"].clone()
+        });
+        assert_eq!(fake.ids("contacts", false).len(), 250);
+        let v = search(&fake, "contacts", &since("lastmodifieddate", T1)).await;
+        assert_eq!(v["total"], 0);
+        fake.touch("contacts", 1, T1);
+        assert_eq!(
+            search(&fake, "contacts", &since("lastmodifieddate", T1)).await["total"],
+            1
+        );
     }
 }
