@@ -465,3 +465,144 @@ async fn a_finished_stream_is_followed_by_an_incremental_run_that_merges_changes
         .expect("some");
     assert!(cp3.complete && !cp3.full_refresh);
 }
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn lagged_source(fake: &HubSpotFake, lag: Duration) -> Arc<HubSpotSource> {
+    let hs = HubSpot::builder()
+        .private_app_token("pat-fake-token".into())
+        .base_url(fake.uri())
+        .retry(
+            RetryConfig::default()
+                .with_backoff(Duration::from_millis(5), Duration::from_millis(20)),
+        )
+        .limits(Limits::default())
+        .build()
+        .expect("client");
+    Arc::new(HubSpotSource::new(hs).with_settle_lag(lag))
+}
+
+fn rows_by_id(path: &Path) -> HashMap<String, serde_json::Value> {
+    let rows = lines(path);
+    ids_once(&rows);
+    rows.into_iter()
+        .map(|r| (r["id"].as_str().expect("id").to_owned(), r))
+        .collect()
+}
+
+#[tokio::test]
+async fn incremental_runs_capture_updates_deletes_and_merges_and_respect_the_settle_lag() {
+    let fake = fake(400, 0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let lag = Duration::from_secs(5);
+    let run = |src: Arc<HubSpotSource>| {
+        let sink = sink.clone();
+        async move {
+            Sync::new(src, sink)
+                .tenant("acme")
+                .streams(["contacts"])
+                .run()
+                .await
+        }
+    };
+    let t0 = now_ms();
+    let first = run(lagged_source(&fake, lag)).await;
+    assert!(first.is_success() && !first.streams[0].incremental);
+
+    // Changes stamped 3 s before the first run began: inside its settle lag,
+    // so the first run's cursor (its start less 5 s) is before them.
+    let t = t0 - 3_000;
+    fake.touch("contacts", 3, t);
+    fake.touch("contacts", 250, t);
+    fake.archive("contacts", 10, t);
+    fake.merge("contacts", 20, 21, t);
+    let added = fake.add("contacts", 3, t);
+    // Wait until they are older than the lag; then one update so recent
+    // that the search index may not have it yet.
+    tokio::time::sleep(Duration::from_millis((t0 + 2_500 - now_ms()).max(0) as u64)).await;
+    fake.touch("contacts", 99, now_ms());
+
+    let second = run(lagged_source(&fake, lag)).await;
+    assert!(second.is_success(), "{second:#?}");
+    assert!(second.streams[0].incremental);
+    let rows = rows_by_id(&sink.data_path("acme", "contacts"));
+    let version = |i: usize| fake.record("contacts", i)["properties"]["firstname"].clone();
+    assert_eq!(rows["1003"]["firstname"], version(3), "update read");
+    assert_eq!(rows["1250"]["firstname"], version(250));
+    assert_eq!(
+        rows["1010"]["_deleted"], true,
+        "archive captured as a delete"
+    );
+    assert_eq!(
+        rows["1020"]["_deleted"], true,
+        "merged record marked deleted"
+    );
+    assert_eq!(rows["1020"]["mergedInto"], "1021");
+    for i in added.clone() {
+        assert!(rows.contains_key(&(1000 + i).to_string()), "new record {i}");
+    }
+    assert_ne!(
+        rows["1099"]["firstname"],
+        version(99),
+        "inside the settle lag: not read yet"
+    );
+
+    // The next run, once the lag has passed, reads it; nothing else changes.
+    let third = run(lagged_source(&fake, Duration::ZERO)).await;
+    assert!(third.is_success());
+    let rows = rows_by_id(&sink.data_path("acme", "contacts"));
+    assert_eq!(rows["1099"]["firstname"], version(99));
+    assert_eq!(
+        rows.len(),
+        403,
+        "400 + 3 new, each once (deleted ones kept as deleted)"
+    );
+    let live: HashSet<String> = rows
+        .iter()
+        .filter(|(_, r)| r["_deleted"] == false)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        live,
+        fake.ids("contacts", false)
+            .into_iter()
+            .collect::<HashSet<_>>()
+    );
+}
+
+#[tokio::test]
+async fn more_than_ten_thousand_changes_on_one_timestamp_are_read_once_each() {
+    let fake = fake(10_600, 0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let first = Sync::new(lagged_source(&fake, Duration::ZERO), sink.clone())
+        .tenant("acme")
+        .streams(["contacts"])
+        .checkpoint_every(20)
+        .run()
+        .await;
+    assert!(first.is_success());
+    // A bulk import touches 10,500 records at one millisecond.
+    fake.touch_many("contacts", 50..10_550, now_ms() - 1_000);
+    let second = Sync::new(lagged_source(&fake, Duration::ZERO), sink.clone())
+        .tenant("acme")
+        .streams(["contacts"])
+        .checkpoint_every(20)
+        .run()
+        .await;
+    assert!(second.is_success(), "{second:#?}");
+    assert!(second.streams[0].incremental);
+    assert_eq!(
+        second.streams[0].records, 10_500,
+        "each changed record once, no loop"
+    );
+    let rows = rows_by_id(&sink.data_path("acme", "contacts"));
+    assert_eq!(rows.len(), 10_600);
+    assert_eq!(
+        rows["1050"]["firstname"],
+        fake.record("contacts", 50)["properties"]["firstname"]
+    );
+}

@@ -28,7 +28,14 @@ pub const STREAM_TICKET_PIPELINES: &str = "ticket_pipelines";
 pub const DEFAULT_SETTLE_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fields every CRM object record has besides its properties.
-const SYSTEM_FIELDS: [&str; 5] = ["id", "createdAt", "updatedAt", "archived", "archivedAt"];
+const SYSTEM_FIELDS: [&str; 6] = [
+    "id",
+    "createdAt",
+    "updatedAt",
+    "archived",
+    "archivedAt",
+    "mergedInto",
+];
 
 /// `HubSpot` as a source: contacts, companies, deals, tickets, any other CRM
 /// object type by name (calls, meetings, emails, notes, tasks, custom
@@ -354,6 +361,8 @@ impl HubSpotSource {
             Field::new("updatedAt", FieldType::Timestamp),
             Field::new("archived", FieldType::Boolean),
             Field::new("archivedAt", FieldType::Timestamp),
+            Field::new("mergedInto", FieldType::String)
+                .with_description("Set on the deleted record of an object merged into this id"),
         ];
         let mut props: Vec<PropertyDefinition> = props
             .into_iter()
@@ -429,12 +438,7 @@ impl HubSpotSource {
                 pages.map(move |r| {
                     r.map(|p| {
                         let next = plan.after_page(i, p.next.clone());
-                        let records = p
-                            .items
-                            .into_iter()
-                            .map(|o| object_record(o, &types))
-                            .collect();
-                        Page::new(records, next.to_state())
+                        Page::new(object_records(p.items, &types), next.to_state())
                     })
                 })
             })
@@ -585,15 +589,39 @@ pub fn decode_list_page(body: &[u8], schema: &StreamSchema) -> Result<Paged<Reco
         Error::decode(PROVIDER, || format!("{} page", schema.name), body)?;
     let types = property_types(schema);
     let paged = page.into_paged();
-    Ok(Paged::new(
-        paged
-            .items
-            .into_iter()
-            .map(|o| object_record(o, &types))
-            .collect(),
-        paged.next,
-    ))
+    Ok(Paged::new(object_records(paged.items, &types), paged.next))
 }
+
+/// The records of a page: one per object, plus a deleted record for each id
+/// an object lists in `hs_merged_object_ids` (records merged into it, which
+/// `HubSpot` removes without archiving), with `mergedInto` naming the
+/// survivor, so sinks drop the stale duplicates.
+fn object_records(objects: Vec<CrmObject>, types: &HashMap<String, FieldType>) -> Vec<Record> {
+    let mut out = Vec::with_capacity(objects.len());
+    for o in objects {
+        let merged: Vec<String> = match o.properties.get(MERGED_IDS) {
+            Some(Value::String(ids)) if !ids.is_empty() => ids
+                .split(';')
+                .map(str::trim)
+                .filter(|m| !m.is_empty() && *m != o.id)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let survivor = o.id.clone();
+        out.push(object_record(o, types));
+        for loser in merged {
+            let mut data = serde_json::Map::new();
+            data.insert("id".into(), Value::String(loser.clone()));
+            data.insert("mergedInto".into(), Value::String(survivor.clone()));
+            out.push(Record::new(loser, data).deleted(true));
+        }
+    }
+    out
+}
+
+/// The property listing the ids merged into a record.
+const MERGED_IDS: &str = "hs_merged_object_ids";
 
 /// A CRM object as a record: typed properties plus the system fields.
 fn object_record(o: CrmObject, types: &HashMap<String, FieldType>) -> Record {
