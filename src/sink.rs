@@ -40,6 +40,34 @@ fn yes() -> bool {
     true
 }
 
+impl Checkpoint {
+    /// A checkpoint committed now (for sinks driven outside the engine:
+    /// tests, benches, tools).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tenant: impl Into<String>,
+        stream: impl Into<String>,
+        sync_id: Uuid,
+        state: StreamState,
+        complete: bool,
+        records: u64,
+        started_at: DateTime<Utc>,
+        full_refresh: bool,
+    ) -> Self {
+        Checkpoint {
+            tenant: tenant.into(),
+            stream: stream.into(),
+            sync_id,
+            state,
+            complete,
+            records,
+            started_at,
+            committed_at: Utc::now(),
+            full_refresh,
+        }
+    }
+}
+
 /// What a sink is told before a stream's records arrive.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
