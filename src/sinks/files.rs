@@ -230,6 +230,15 @@ impl Sink for FilesSink {
         let paths = self.paths(&ctx.tenant, &ctx.schema.name);
         std::fs::create_dir_all(&paths.dir)
             .map_err(io_err(format!("cannot create {}", paths.dir.display())))?;
+        // A writer left open by a failed run of this stream on this instance
+        // holds uncommitted records in its buffer: discard them unwritten
+        // (dropping the writer would flush them after the truncation below).
+        if let Some(old) = self
+            .open_map()
+            .remove(&(ctx.tenant.clone(), ctx.schema.name.clone()))
+        {
+            let _ = old.writer.into_parts();
+        }
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
             if s.checkpoint.complete && paths.partial.exists() {

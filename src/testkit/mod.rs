@@ -34,5 +34,6 @@
 //!   properties, owners, pipelines, OAuth v1 tokens and account details.
 
 pub mod hubspot;
+pub mod sink_suite;
 
 pub use hubspot::{FakeConfig, FakeRateLimit, FakeStats, HubSpotFake, ObjectSeed};
