@@ -67,10 +67,16 @@ async fn run(
     let sink = builder.build().await?;
     eprintln!("destination: Postgres, schema `{}`", sink.schema());
     let (source, _fake) = common::hubspot_source(&args).await?;
-    let pg_schema = sink.schema().to_owned();
-    common::sync_and_report(&args, source, Arc::new(sink), move |_tenant, stream| {
-        format!("{pg_schema}.{stream}")
+    let sink = Arc::new(sink);
+    let report = common::sync_and_report(&args, source, sink.clone(), |_tenant, stream| {
+        stream.to_owned()
     })
     .await?;
+    // The real table names (long or reserved stream names are shortened).
+    for s in &report.streams {
+        if let Some(table) = sink.table_name(&s.stream).await? {
+            println!("{} -> {}.{}", s.stream, sink.schema(), table);
+        }
+    }
     Ok(())
 }

@@ -1010,8 +1010,8 @@ mod postgres {
         .await;
     }
 
-    /// A sink in `pg`'s schema whose streamed COPYs are cancelled after
-    /// `idle`.
+    /// A sink in `pg`'s schema whose streaming connections are closed after
+    /// `idle` without rows.
     async fn impatient_sink(pg: &Pg, idle: std::time::Duration) -> PostgresSink {
         PostgresSink::builder()
             .url(url())
@@ -1023,7 +1023,7 @@ mod postgres {
     }
 
     #[tokio::test]
-    async fn a_stream_ended_by_the_server_still_commits_its_rows() {
+    async fn a_stream_closed_for_idleness_still_commits_its_rows() {
         with_pg(|pg| async move {
             let sink = impatient_sink(&pg, std::time::Duration::from_millis(300)).await;
             let s = schema("contacts", vec![Field::new("v", FieldType::Integer)]);
@@ -1045,7 +1045,7 @@ mod postgres {
             ))
             .await
             .expect("write");
-            // A slow source: the server cancels the streamed COPY.
+            // A slow source: the watchdog closes the idle streaming connection.
             tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
             sink.write(Batch::new(
                 "acme",
@@ -1098,7 +1098,7 @@ mod postgres {
             .await
             .expect("write");
             // Tenant B's run adds a column to the same table: ALTER TABLE
-            // waits for A's open COPY until the server cancels it.
+            // waits for A's open COPY until its connection is closed.
             let mut wider = s.clone();
             wider.fields.push(Field::new("w", FieldType::String));
             let b = tokio::time::timeout(
