@@ -12,55 +12,16 @@
 use std::time::{Duration, Instant};
 
 use headwater::hubspot::decode_list_page;
-use headwater::schema::{Field, FieldType, StreamSchema};
+use headwater::schema::FieldType;
 use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
 use headwater::sinks::bigquery::BigQuerySink;
 use serde_json::{json, Map, Value};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 const ROWS: usize = 100_000;
-const PAGE: usize = 100;
-
-const PROPS: [(&str, FieldType); 25] = [
-    ("email", FieldType::String),
-    ("firstname", FieldType::String),
-    ("lastname", FieldType::String),
-    ("phone", FieldType::String),
-    ("company", FieldType::String),
-    ("website", FieldType::String),
-    ("city", FieldType::String),
-    ("state", FieldType::String),
-    ("country", FieldType::String),
-    ("jobtitle", FieldType::String),
-    ("lifecyclestage", FieldType::String),
-    ("hs_lead_status", FieldType::String),
-    ("createdate", FieldType::Timestamp),
-    ("lastmodifieddate", FieldType::Timestamp),
-    ("hs_object_id", FieldType::Number),
-    ("num_notes", FieldType::Number),
-    ("hubspotscore", FieldType::Number),
-    ("hs_email_optout", FieldType::Boolean),
-    ("closedate", FieldType::Date),
-    ("annualrevenue", FieldType::Number),
-    ("industry", FieldType::String),
-    ("zip", FieldType::String),
-    ("address", FieldType::String),
-    ("hubspot_owner_id", FieldType::String),
-    ("custom_score", FieldType::Number),
-];
-
-fn schema() -> StreamSchema {
-    let mut fields = vec![
-        Field::new("id", FieldType::String),
-        Field::new("createdAt", FieldType::Timestamp),
-        Field::new("updatedAt", FieldType::Timestamp),
-        Field::new("archived", FieldType::Boolean),
-        Field::new("archivedAt", FieldType::Timestamp),
-    ];
-    for (name, t) in PROPS {
-        fields.push(Field::new(name, t).with_source_type("string"));
-    }
-    StreamSchema::new("contacts", "id", fields)
-}
 
 fn page_json(page: usize) -> Vec<u8> {
     let results: Vec<Value> = (0..PAGE)

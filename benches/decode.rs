@@ -7,53 +7,14 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use headwater::hubspot::decode_list_page;
-use headwater::schema::{Field, FieldType, StreamSchema};
+use headwater::schema::FieldType;
 use headwater::sink::{Batch, Sink, StreamContext};
 use headwater::sinks::files::FilesSink;
 use serde_json::{json, Map, Value};
 
-/// 25 contact properties as HubSpot sends them: every value a string.
-const PROPS: [(&str, FieldType); 25] = [
-    ("email", FieldType::String),
-    ("firstname", FieldType::String),
-    ("lastname", FieldType::String),
-    ("phone", FieldType::String),
-    ("company", FieldType::String),
-    ("website", FieldType::String),
-    ("city", FieldType::String),
-    ("state", FieldType::String),
-    ("country", FieldType::String),
-    ("jobtitle", FieldType::String),
-    ("lifecyclestage", FieldType::String),
-    ("hs_lead_status", FieldType::String),
-    ("createdate", FieldType::Timestamp),
-    ("lastmodifieddate", FieldType::Timestamp),
-    ("hs_object_id", FieldType::Number),
-    ("num_notes", FieldType::Number),
-    ("hubspotscore", FieldType::Number),
-    ("hs_email_optout", FieldType::Boolean),
-    ("closedate", FieldType::Date),
-    ("annualrevenue", FieldType::Number),
-    ("industry", FieldType::String),
-    ("zip", FieldType::String),
-    ("address", FieldType::String),
-    ("hubspot_owner_id", FieldType::String),
-    ("custom_score", FieldType::Number),
-];
-
-fn schema() -> StreamSchema {
-    let mut fields = vec![
-        Field::new("id", FieldType::String),
-        Field::new("createdAt", FieldType::Timestamp),
-        Field::new("updatedAt", FieldType::Timestamp),
-        Field::new("archived", FieldType::Boolean),
-        Field::new("archivedAt", FieldType::Timestamp),
-    ];
-    for (name, t) in PROPS {
-        fields.push(Field::new(name, t).with_source_type("string"));
-    }
-    StreamSchema::new("contacts", "id", fields)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
 
 fn page_json() -> Vec<u8> {
     let results: Vec<Value> = (0..100)

@@ -39,94 +39,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use headwater::schema::{Field, FieldType, StreamSchema};
+use headwater::schema::StreamSchema;
 use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
 use headwater::sinks::postgres::PostgresSink;
 use headwater::source::{Record, StreamState};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/test";
-const PAGE: usize = 100;
 const COMMIT_EVERY: usize = 10;
-
-/// 25 contact properties with their types, as in `benches/decode.rs`.
-const PROPS: [(&str, FieldType); 25] = [
-    ("email", FieldType::String),
-    ("firstname", FieldType::String),
-    ("lastname", FieldType::String),
-    ("phone", FieldType::String),
-    ("company", FieldType::String),
-    ("website", FieldType::String),
-    ("city", FieldType::String),
-    ("state", FieldType::String),
-    ("country", FieldType::String),
-    ("jobtitle", FieldType::String),
-    ("lifecyclestage", FieldType::String),
-    ("hs_lead_status", FieldType::String),
-    ("createdate", FieldType::Timestamp),
-    ("lastmodifieddate", FieldType::Timestamp),
-    ("hs_object_id", FieldType::Number),
-    ("num_notes", FieldType::Number),
-    ("hubspotscore", FieldType::Number),
-    ("hs_email_optout", FieldType::Boolean),
-    ("closedate", FieldType::Date),
-    ("annualrevenue", FieldType::Number),
-    ("industry", FieldType::String),
-    ("zip", FieldType::String),
-    ("address", FieldType::String),
-    ("hubspot_owner_id", FieldType::String),
-    ("custom_score", FieldType::Number),
-];
-
-fn schema() -> StreamSchema {
-    let mut fields = vec![
-        Field::new("id", FieldType::String),
-        Field::new("createdAt", FieldType::Timestamp),
-        Field::new("updatedAt", FieldType::Timestamp),
-        Field::new("archived", FieldType::Boolean),
-        Field::new("archivedAt", FieldType::Timestamp),
-    ];
-    for (name, t) in PROPS {
-        fields.push(Field::new(name, t).with_source_type("string"));
-    }
-    StreamSchema::new("contacts", "id", fields).with_cursor_field("updatedAt")
-}
-
-/// Contact `i` as the HubSpot source delivers it (values already typed).
-fn contact(i: usize) -> Record {
-    let mut data = Map::new();
-    data.insert("id".into(), json!((1000 + i).to_string()));
-    data.insert("createdAt".into(), json!("2024-01-01T00:00:00.000Z"));
-    data.insert(
-        "updatedAt".into(),
-        json!(format!(
-            "2024-03-01T10:{:02}:{:02}.123Z",
-            (i / 60) % 60,
-            i % 60
-        )),
-    );
-    data.insert("archived".into(), json!(false));
-    data.insert("archivedAt".into(), Value::Null);
-    for (k, (name, t)) in PROPS.iter().enumerate() {
-        let v = match t {
-            FieldType::Number => json!((1000 + i * 7 + k) as f64 / 4.0),
-            FieldType::Boolean => json!(i % 3 == 0),
-            FieldType::Timestamp => json!("2024-03-01T10:00:00.123Z"),
-            FieldType::Date => json!(format!("2024-05-{:02}", 1 + i % 28)),
-            _ => json!(format!("{name} value for contact number {i}")),
-        };
-        data.insert((*name).into(), v);
-    }
-    Record::new((1000 + i).to_string(), data)
-}
-
-fn pages(rows: usize) -> Vec<Vec<Record>> {
-    (0..rows)
-        .step_by(PAGE)
-        .map(|start| (start..(start + PAGE).min(rows)).map(contact).collect())
-        .collect()
-}
 
 fn checkpoint(sync_id: Uuid, page: usize, records: u64, complete: bool) -> Checkpoint {
     Checkpoint::new(
@@ -197,18 +122,6 @@ fn psql(url: &str, command: &str) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     took
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
