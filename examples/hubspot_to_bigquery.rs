@@ -19,7 +19,6 @@ mod common;
 
 use std::sync::Arc;
 
-use headwater::sinks::bigquery::{BigQuerySink, ServiceAccountKey};
 
 #[derive(Default)]
 struct Dest {
@@ -61,37 +60,7 @@ async fn main() {
 }
 
 async fn run(args: common::SourceArgs, dest: Dest) -> Result<(), common::BoxError> {
-    let project = dest
-        .project
-        .or_else(|| common::env("BIGQUERY_PROJECT"))
-        .ok_or("set --project or BIGQUERY_PROJECT")?;
-    let dataset = dest
-        .dataset
-        .or_else(|| common::env("BIGQUERY_DATASET"))
-        .ok_or("set --dataset or BIGQUERY_DATASET")?;
-    let mut builder = BigQuerySink::builder(&project, &dataset);
-    match (
-        dest.endpoint.or_else(|| common::env("BIGQUERY_ENDPOINT")),
-        common::env("GOOGLE_APPLICATION_CREDENTIALS"),
-    ) {
-        (Some(endpoint), _) => {
-            eprintln!("destination: BigQuery emulator at {endpoint}, dataset {project}.{dataset}");
-            builder = builder.emulator(endpoint.parse()?);
-        }
-        (None, Some(key)) => {
-            eprintln!(
-                "destination: BigQuery dataset {project}.{dataset} (service-account key {key})"
-            );
-            builder = builder.service_account_key(ServiceAccountKey::from_file(key)?);
-        }
-        (None, None) => {
-            return Err(
-                "set BIGQUERY_ENDPOINT (an emulator) or GOOGLE_APPLICATION_CREDENTIALS".into(),
-            )
-        }
-    }
-    let sink = builder.build()?;
-    sink.ensure_dataset().await?;
+    let sink = common::bigquery_sink(dest.project, dest.dataset, dest.endpoint).await?;
     let (source, _fake) = common::hubspot_source(&args).await?;
     let tables = sink.clone();
     common::sync_and_report(&args, source, Arc::new(sink), move |_tenant, stream| {

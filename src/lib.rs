@@ -69,4 +69,10 @@ pub mod testkit;
 #[cfg(feature = "hubspot")]
 pub use sources::hubspot;
 
+#[cfg(feature = "mailchimp")]
+pub use sources::mailchimp;
+
+#[cfg(feature = "constant-contact")]
+pub use sources::constant_contact;
+
 pub use error::{ApiErrorBody, AuthErrorKind, Error, Result};

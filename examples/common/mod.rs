@@ -332,3 +332,47 @@ pub fn print_summary(report: &SyncReport, location: impl Fn(&StreamReport) -> St
         report.records() as f64 / report.duration.as_secs_f64().max(1e-9)
     );
 }
+
+/// The BigQuery destination of the `*_to_bigquery` examples, from flags or
+/// the environment: `BIGQUERY_PROJECT`, `BIGQUERY_DATASET`, and
+/// `BIGQUERY_ENDPOINT` (an emulator, no auth) or
+/// `GOOGLE_APPLICATION_CREDENTIALS` (a service-account key file). Creates the
+/// dataset if it does not exist.
+#[cfg(feature = "bigquery")]
+pub async fn bigquery_sink(
+    project: Option<String>,
+    dataset: Option<String>,
+    endpoint: Option<String>,
+) -> Result<headwater::sinks::bigquery::BigQuerySink, BoxError> {
+    use headwater::sinks::bigquery::{BigQuerySink, ServiceAccountKey};
+    let project = project
+        .or_else(|| env("BIGQUERY_PROJECT"))
+        .ok_or("set --project or BIGQUERY_PROJECT")?;
+    let dataset = dataset
+        .or_else(|| env("BIGQUERY_DATASET"))
+        .ok_or("set --dataset or BIGQUERY_DATASET")?;
+    let mut builder = BigQuerySink::builder(&project, &dataset);
+    match (
+        endpoint.or_else(|| env("BIGQUERY_ENDPOINT")),
+        env("GOOGLE_APPLICATION_CREDENTIALS"),
+    ) {
+        (Some(endpoint), _) => {
+            eprintln!("destination: BigQuery emulator at {endpoint}, dataset {project}.{dataset}");
+            builder = builder.emulator(endpoint.parse()?);
+        }
+        (None, Some(key)) => {
+            eprintln!(
+                "destination: BigQuery dataset {project}.{dataset} (service-account key {key})"
+            );
+            builder = builder.service_account_key(ServiceAccountKey::from_file(key)?);
+        }
+        (None, None) => {
+            return Err(
+                "set BIGQUERY_ENDPOINT (an emulator) or GOOGLE_APPLICATION_CREDENTIALS".into(),
+            )
+        }
+    }
+    let sink = builder.build()?;
+    sink.ensure_dataset().await?;
+    Ok(sink)
+}

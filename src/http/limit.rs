@@ -1,9 +1,10 @@
 //! Client-side rate limits, built on `governor`.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
 use governor::{DefaultDirectRateLimiter, Quota};
 
 /// A provider's documented limit: at most `requests` in any window of `per`.
@@ -50,9 +51,191 @@ impl RateLimit {
     }
 }
 
+/// A provider's daily request quota: at most `requests` per calendar day,
+/// the day starting at midnight in `reset_offset` (Constant Contact: 10,000
+/// a day from 00:00 UTC; `HubSpot` private apps: 250,000 to 1,000,000 a day
+/// from midnight in the account's time zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DailyLimit {
+    /// Requests allowed per day.
+    pub requests: u64,
+    /// The offset from UTC of the midnight the day starts at.
+    pub reset_offset: FixedOffset,
+}
+
+impl DailyLimit {
+    /// `requests` per day, the day starting at 00:00 UTC.
+    pub fn utc(requests: u64) -> Self {
+        DailyLimit {
+            requests,
+            reset_offset: Utc.fix(),
+        }
+    }
+
+    /// The day starts at midnight at `offset` from UTC instead.
+    pub fn with_reset_offset(mut self, offset: FixedOffset) -> Self {
+        self.reset_offset = offset;
+        self
+    }
+
+    /// The calendar day `at` falls on, as the provider counts days.
+    fn day(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.reset_offset).date_naive()
+    }
+
+    /// When the day `at` falls on ends and the quota is full again.
+    pub fn next_reset(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let next = self.day(at).succ_opt().unwrap_or(NaiveDate::MAX);
+        next.and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_local_timezone(self.reset_offset).single())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(at + chrono::Duration::days(1))
+    }
+}
+
+/// How much of a daily quota is used, as one client counted it (and as the
+/// provider reported it, where it sends a remaining count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DailyUsage {
+    /// The quota.
+    pub limit: u64,
+    /// Requests counted today.
+    pub used: u64,
+    /// True when the provider said the quota is spent (a daily 429).
+    pub exhausted: bool,
+    /// When the quota is full again.
+    pub resets_at: DateTime<Utc>,
+}
+
+impl DailyUsage {
+    /// Requests left today.
+    pub fn remaining(&self) -> u64 {
+        if self.exhausted {
+            0
+        } else {
+            self.limit.saturating_sub(self.used)
+        }
+    }
+}
+
+/// Counts one client's requests against a [`DailyLimit`].
+#[derive(Debug)]
+pub(crate) struct DailyCounter {
+    limit: DailyLimit,
+    state: Mutex<DayState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DayState {
+    day: NaiveDate,
+    used: u64,
+    exhausted: bool,
+}
+
+impl DailyCounter {
+    pub(crate) fn new(limit: DailyLimit) -> Self {
+        DailyCounter {
+            limit,
+            state: Mutex::new(DayState {
+                day: limit.day(Utc::now()),
+                used: 0,
+                exhausted: false,
+            }),
+        }
+    }
+
+    fn with_today<R>(&self, now: DateTime<Utc>, f: impl FnOnce(&mut DayState) -> R) -> R {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let today = self.limit.day(now);
+        if st.day != today {
+            *st = DayState {
+                day: today,
+                used: 0,
+                exhausted: false,
+            };
+        }
+        f(&mut st)
+    }
+
+    /// Takes one request from today's quota, or says when it is full again.
+    pub(crate) fn take(&self, now: DateTime<Utc>) -> Result<(), DateTime<Utc>> {
+        let limit = self.limit.requests;
+        self.with_today(now, |st| {
+            if st.exhausted || st.used >= limit {
+                Err(self.limit.next_reset(now))
+            } else {
+                st.used += 1;
+                Ok(())
+            }
+        })
+    }
+
+    /// The provider said the quota is spent.
+    pub(crate) fn exhaust(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.with_today(now, |st| st.exhausted = true);
+        self.limit.next_reset(now)
+    }
+
+    /// The provider reported how many requests are left today.
+    pub(crate) fn set_remaining(&self, now: DateTime<Utc>, remaining: u64) {
+        let limit = self.limit.requests;
+        self.with_today(now, |st| {
+            st.used = st.used.max(limit.saturating_sub(remaining));
+        });
+    }
+
+    pub(crate) fn usage(&self, now: DateTime<Utc>) -> DailyUsage {
+        let st = self.with_today(now, |st| *st);
+        DailyUsage {
+            limit: self.limit.requests,
+            used: st.used,
+            exhausted: st.exhausted,
+            resets_at: self.limit.next_reset(now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daily_counter_stops_at_the_quota_and_resets_at_midnight() {
+        let limit = DailyLimit::utc(3);
+        let c = DailyCounter::new(limit);
+        let t = "2026-11-22T23:59:00Z".parse::<DateTime<Utc>>().unwrap();
+        for _ in 0..3 {
+            assert!(c.take(t).is_ok());
+        }
+        let reset = "2026-11-23T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(c.take(t), Err(reset));
+        assert_eq!(c.usage(t).remaining(), 0);
+        // A new day: the quota is full again.
+        assert!(c.take(reset).is_ok());
+        assert_eq!(c.usage(reset).used, 1);
+        // The provider's word wins: a daily 429 spends the rest of the day.
+        assert_eq!(
+            c.exhaust(reset),
+            "2026-11-24T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(c.take(reset).is_err());
+    }
+
+    #[test]
+    fn days_start_at_the_configured_offset() {
+        // Midnight in UTC-5.
+        let limit = DailyLimit::utc(10).with_reset_offset(FixedOffset::west_opt(5 * 3600).unwrap());
+        let t = "2026-11-22T04:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            limit.next_reset(t),
+            "2026-11-22T05:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let c = DailyCounter::new(limit);
+        c.set_remaining(t, 4);
+        assert_eq!(c.usage(t).used, 6);
+    }
 
     #[test]
     fn quota_keeps_a_margin_under_the_window() {

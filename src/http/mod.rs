@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use tracing::Instrument;
 use url::Url;
 
-pub use limit::RateLimit;
+pub use limit::{DailyLimit, DailyUsage, RateLimit};
 pub use retry::RetryConfig;
 
 use crate::auth::AccessTokenSource;
@@ -79,6 +79,11 @@ pub struct Limits {
     pub search: Option<RateLimit>,
     /// Most requests in flight at once (Mailchimp: 10 connections per user).
     pub concurrency: Option<usize>,
+    /// A daily quota (Constant Contact: 10,000 a day). When it is spent,
+    /// requests fail at once with [`Error::RateLimited`] (`daily: true`,
+    /// `retry_after` = time to the reset) instead of drawing 429s, so a sync
+    /// stops at its checkpoint and says when it can resume.
+    pub daily: Option<DailyLimit>,
 }
 
 /// A request to send through [`ApiClient::send`].
@@ -115,6 +120,12 @@ impl Limits {
     /// Sets the most requests in flight at once.
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(n);
+        self
+    }
+
+    /// Sets a daily quota.
+    pub fn with_daily(mut self, limit: DailyLimit) -> Self {
+        self.daily = Some(limit);
         self
     }
 }
@@ -155,6 +166,7 @@ struct Inner {
     standard: Option<Arc<DefaultDirectRateLimiter>>,
     search: Option<Arc<DefaultDirectRateLimiter>>,
     concurrency: Option<Arc<tokio::sync::Semaphore>>,
+    daily: Option<limit::DailyCounter>,
     limits: Limits,
     counters: Counters,
 }
@@ -213,6 +225,7 @@ impl ApiClient {
                 concurrency: limits
                     .concurrency
                     .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+                daily: limits.daily.map(limit::DailyCounter::new),
                 limits,
                 counters: Counters::default(),
             }),
@@ -262,6 +275,14 @@ impl ApiClient {
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             limiter_wait: Duration::from_micros(c.limiter_wait_us.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Today's use of the daily quota, when one is set.
+    pub fn daily_usage(&self) -> Option<DailyUsage> {
+        self.inner
+            .daily
+            .as_ref()
+            .map(|d| d.usage(chrono::Utc::now()))
     }
 
     /// `path` (relative, e.g. `crm/v3/objects/contacts`) joined to the base URL.
@@ -344,6 +365,12 @@ impl ApiClient {
                     None => None,
                 };
                 self.wait_for_limiters(req.class).await;
+                if let Some(daily) = &inner.daily {
+                    let now = chrono::Utc::now();
+                    if let Err(reset) = daily.take(now) {
+                        return Err(daily_quota_spent(inner.provider, now, reset, None));
+                    }
+                }
                 let token = inner.auth.access_token().await?;
                 let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
                     .map_err(|_| {
@@ -391,6 +418,15 @@ impl ApiClient {
                         });
                     }
                 };
+                if let Some(daily) = &inner.daily {
+                    if let Some(remaining) = headers
+                        .get(DAILY_REMAINING)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        daily.set_remaining(chrono::Utc::now(), remaining);
+                    }
+                }
                 if status.is_success() {
                     tracing::trace!(status = status.as_u16(), bytes = body.len(), "ok");
                     return Ok(ApiResponse { status, body });
@@ -420,6 +456,18 @@ impl ApiClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(retry::parse_retry_after);
                     let daily = is_daily_quota(&parsed);
+                    if daily {
+                        if let Some(counter) = &inner.daily {
+                            let now = chrono::Utc::now();
+                            let reset = counter.exhaust(now);
+                            return Err(daily_quota_spent(
+                                inner.provider,
+                                now,
+                                reset,
+                                Some(parsed),
+                            ));
+                        }
+                    }
                     let too_long = retry_after.is_some_and(|d| d > inner.retry.max_retry_after);
                     if !daily && !too_long && retries < inner.retry.max_retries {
                         let wait = retry_after.unwrap_or_else(|| inner.retry.backoff(retries));
@@ -482,6 +530,32 @@ impl ApiClient {
                 .limiter_wait_us
                 .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         }
+    }
+}
+
+/// `HubSpot`'s count of requests left today, sent with every response.
+const DAILY_REMAINING: &str = "x-hubspot-ratelimit-daily-remaining";
+
+/// The error of a spent daily quota: no retry, come back at `reset`.
+fn daily_quota_spent(
+    provider: &'static str,
+    now: chrono::DateTime<chrono::Utc>,
+    reset: chrono::DateTime<chrono::Utc>,
+    body: Option<ApiErrorBody>,
+) -> Error {
+    let body = body.unwrap_or_else(|| ApiErrorBody {
+        message: Some(format!(
+            "the daily request quota is spent; it resets at {}",
+            reset.to_rfc3339()
+        )),
+        category: Some("DAILY_QUOTA".into()),
+        ..ApiErrorBody::default()
+    });
+    Error::RateLimited {
+        provider,
+        retry_after: Some((reset - now).to_std().unwrap_or(Duration::ZERO)),
+        daily: true,
+        body: Box::new(body),
     }
 }
 

@@ -2,3 +2,9 @@
 
 #[cfg(feature = "hubspot")]
 pub mod hubspot;
+
+#[cfg(feature = "mailchimp")]
+pub mod mailchimp;
+
+#[cfg(feature = "constant-contact")]
+pub mod constant_contact;

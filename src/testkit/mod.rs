@@ -33,7 +33,9 @@
 //! - [`hubspot`]: HubSpot CRM v3 objects (list, batch read, search),
 //!   properties, owners, pipelines, OAuth v1 tokens and account details.
 
+pub mod constant_contact;
 pub mod hubspot;
+pub mod mailchimp;
 pub mod sink_suite;
 
 pub use hubspot::{FakeConfig, FakeRateLimit, FakeStats, HubSpotFake, ObjectSeed};

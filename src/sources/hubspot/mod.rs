@@ -177,7 +177,7 @@ impl HubSpotBuilder {
                 AuthKind::OAuth => OAUTH_APP_LIMIT,
             }),
             search: Some(SEARCH_LIMIT),
-            concurrency: None,
+            ..Limits::default()
         });
         let http = default_http_client(self.timeout.unwrap_or(Duration::from_secs(60)))?;
         let client = ApiClient::new(

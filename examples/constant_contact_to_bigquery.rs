@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the constant_contact example.
+fn main() {}

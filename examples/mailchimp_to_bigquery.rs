@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the mailchimp example.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Tests of the constant_contact source against its testkit fake.

@@ -1,0 +1,1 @@
+//! Tests of the mailchimp source against its testkit fake.
