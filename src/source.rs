@@ -5,7 +5,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::http::RequestStats;
+use crate::http::{DailyUsage, RequestStats};
 use crate::schema::{Catalog, StreamSchema};
 use crate::Result;
 
@@ -63,6 +63,9 @@ pub struct Page {
     pub records: Vec<Record>,
     /// Where to resume after these records.
     pub checkpoint: StreamState,
+    /// Completeness checks of the windows (or listings) this page finished:
+    /// what the provider said a window holds against what was read.
+    pub counts: Vec<CountCheck>,
 }
 
 impl Page {
@@ -71,6 +74,73 @@ impl Page {
         Page {
             records,
             checkpoint,
+            counts: Vec::new(),
+        }
+    }
+
+    /// Adds the completeness check of a window this page finished.
+    pub fn with_count(mut self, check: CountCheck) -> Self {
+        self.counts.push(check);
+        self
+    }
+}
+
+/// A completeness check: how many records the provider reported for a
+/// window of a stream (`HubSpot` search's `total`) against how many the sync
+/// read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CountCheck {
+    /// The window, in words (`lastmodifieddate in [2026-11-20T00:00:00Z,
+    /// 2026-11-22T05:00:00Z]`).
+    pub scope: String,
+    /// What the provider reported.
+    pub reported: u64,
+    /// What was read.
+    pub loaded: u64,
+}
+
+impl CountCheck {
+    /// A check of `scope`.
+    pub fn new(scope: impl Into<String>, reported: u64, loaded: u64) -> Self {
+        CountCheck {
+            scope: scope.into(),
+            reported,
+            loaded,
+        }
+    }
+
+    /// True when what was read is what the provider reported.
+    pub fn matches(&self) -> bool {
+        self.reported == self.loaded
+    }
+}
+
+/// What a sync of one stream will cost, estimated before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamPlan {
+    /// The stream.
+    pub stream: String,
+    /// True when the sync would read only changes.
+    pub incremental: bool,
+    /// Records the provider says the sync will read, when it says.
+    pub records: Option<u64>,
+    /// API calls the sync needs (pages, batches, association reads),
+    /// counting the calls made to estimate them.
+    pub requests: u64,
+    /// How long the provider's rate limits make those calls take at least.
+    pub min_duration: std::time::Duration,
+    /// How the estimate was made, and anything it could not count.
+    pub notes: Vec<String>,
+}
+
+impl StreamPlan {
+    /// A plan of `stream` with nothing counted yet.
+    pub fn new(stream: impl Into<String>) -> Self {
+        StreamPlan {
+            stream: stream.into(),
+            ..Default::default()
         }
     }
 }
@@ -140,4 +210,38 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 
     /// Requests, retries and rate-limit waits so far (monotonic counters).
     fn request_stats(&self) -> RequestStats;
+
+    /// Estimates what reading `stream` from `state` will cost (see
+    /// [`crate::sync::Sync::plan`]). The default says it cannot tell.
+    async fn plan(&self, stream: &StreamSchema, state: Option<&StreamState>) -> Result<StreamPlan> {
+        let mut plan = StreamPlan::new(&stream.name);
+        plan.incremental = state.is_some_and(|s| self.resumes_incrementally(stream, s));
+        plan.notes
+            .push(format!("{} does not estimate its syncs", self.provider()));
+        Ok(plan)
+    }
+
+    /// The ids of every live (not deleted) record of `stream` at the
+    /// provider, in pages, for [`crate::sync::verify`]. The default reads the
+    /// whole stream; sources override it with a cheaper id-only listing.
+    fn read_ids<'a>(&'a self, stream: &'a StreamSchema) -> BoxStream<'a, Result<Vec<String>>> {
+        use futures::StreamExt;
+        self.read(stream, None)
+            .map(|page| {
+                page.map(|p| {
+                    p.records
+                        .into_iter()
+                        .filter(|r| !r.deleted)
+                        .map(|r| r.id)
+                        .collect()
+                })
+            })
+            .boxed()
+    }
+
+    /// Today's use of the account's daily quota, where the provider has one
+    /// and the client counts it.
+    fn daily_usage(&self) -> Option<DailyUsage> {
+        None
+    }
 }
