@@ -634,3 +634,189 @@ async fn search_filters_sorts_and_pages_through_the_search_limiter() {
         Some(&2)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Several portals on one fake
+// ---------------------------------------------------------------------------
+
+fn portal_config(n: usize, contacts: usize) -> FakeConfig {
+    let mut c = FakeConfig::for_portal(n);
+    c.objects
+        .insert("contacts".into(), ObjectSeed::new(contacts, 2));
+    c
+}
+
+fn portal_client(portal: &HubSpotFake) -> HubSpot {
+    HubSpot::builder()
+        .private_app_token(portal.private_app_token().expect("token").into())
+        .base_url(portal.uri())
+        .retry(fast_retry())
+        .limits(Limits::default())
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn portals_read_concurrently_get_their_own_data() {
+    let fake = HubSpotFake::start_portals(vec![portal_config(0, 230), portal_config(1, 140)]).await;
+    let (p0, p1) = (fake.portal(0), fake.portal(1));
+    assert_eq!(fake.portals(), 2);
+    assert_eq!(p0.uri(), p1.uri(), "one address serves every portal");
+    assert_ne!(p0.hub_id(), p1.hub_id());
+    let (s0, s1) = (
+        HubSpotSource::new(portal_client(&p0)),
+        HubSpotSource::new(portal_client(&p1)),
+    );
+    let (r0, r1) = futures::join!(read_all(&s0, "contacts"), read_all(&s1, "contacts"));
+    let (r0, r1) = (r0.expect("portal 0"), r1.expect("portal 1"));
+    for (pages, portal) in [(&r0, &p0), (&r1, &p1)] {
+        let live: Vec<String> = pages
+            .iter()
+            .flat_map(|p| &p.records)
+            .filter(|r| !r.deleted)
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(live, portal.ids("contacts", false));
+        // Every value is the portal's own record.
+        for r in pages.iter().flat_map(|p| &p.records).filter(|r| !r.deleted) {
+            let truth = portal.record_by_id("contacts", &r.id).expect("truth");
+            assert_eq!(r.data["email"], truth["properties"]["email"], "{}", r.id);
+        }
+    }
+    assert_eq!(p0.ids("contacts", false).len(), 230);
+    assert_eq!(p1.ids("contacts", false).len(), 140);
+    // Seeds differ: the same id holds another contact in the other portal.
+    assert_ne!(
+        p0.record_by_id("contacts", "1000").expect("p0")["properties"]["email"],
+        p1.record_by_id("contacts", "1000").expect("p1")["properties"]["email"]
+    );
+    // Each portal counted its own requests only.
+    let (n0, n1) = (p0.stats().requests, p1.stats().requests);
+    assert_eq!(n0, s0.request_stats().requests);
+    assert_eq!(n1, s1.request_stats().requests);
+    // Identity: the account details and OAuth token info name each portal.
+    for portal in [&p0, &p1] {
+        let info = HubSpotSource::new(portal_client(portal))
+            .check()
+            .await
+            .expect("check");
+        assert_eq!(info.account_id, portal.hub_id().to_string());
+        let (access, refresh) = portal.mint_tokens();
+        let provider = oauth_provider(
+            portal,
+            Arc::new(MemoryTokenStore::new()),
+            TokenSet::new(
+                access.into(),
+                Some(refresh.into()),
+                Some(Duration::from_secs(1800)),
+            ),
+        )
+        .await;
+        let hs = HubSpot::builder()
+            .oauth(provider)
+            .base_url(portal.uri())
+            .retry(fast_retry())
+            .build()
+            .expect("client");
+        let info = HubSpotSource::new(hs).check().await.expect("oauth check");
+        assert_eq!(info.account_id, portal.hub_id().to_string());
+        assert_eq!(
+            info.name.as_deref(),
+            Some(portal.config().hub_domain.as_str())
+        );
+    }
+    // A mutation of one portal leaves the other alone.
+    p1.archive("contacts", 0, 1_700_000_000_000);
+    assert_eq!(p0.ids("contacts", false).len(), 230);
+    assert_eq!(p1.ids("contacts", false).len(), 139);
+}
+
+#[tokio::test]
+async fn one_portals_rate_limit_does_not_throttle_another() {
+    let mut configs = vec![portal_config(0, 10), portal_config(1, 10)];
+    for c in &mut configs {
+        c.rate_limit = Some(FakeRateLimit::new(5, Duration::from_secs(30)));
+    }
+    let fake = HubSpotFake::start_portals(configs).await;
+    let no_retry = |portal: &HubSpotFake| {
+        HubSpot::builder()
+            .private_app_token(portal.private_app_token().expect("token").into())
+            .base_url(portal.uri())
+            .retry(RetryConfig::none())
+            .limits(Limits::default())
+            .build()
+            .expect("client")
+    };
+    let (h0, h1) = (no_retry(&fake.portal(0)), no_retry(&fake.portal(1)));
+    for _ in 0..5 {
+        h0.pipelines("deals")
+            .await
+            .expect("within portal 0's window");
+    }
+    let err = h0.pipelines("deals").await.expect_err("portal 0 is spent");
+    assert!(
+        matches!(err, Error::RateLimited { daily: false, .. }),
+        "{err}"
+    );
+    // Portal 1 has its whole window.
+    for _ in 0..5 {
+        h1.pipelines("deals")
+            .await
+            .expect("portal 1 is not throttled");
+    }
+    assert_eq!(fake.portal(0).stats().rate_limited, 1);
+    assert_eq!(fake.portal(1).stats().rate_limited, 0);
+    assert_eq!(fake.portal(1).stats().max_in_window, 5);
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_fails_only_its_own_portal() {
+    let fake = HubSpotFake::start_portals(vec![portal_config(0, 10), portal_config(1, 10)]).await;
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let portal = fake.portal(i);
+        let (_, refresh) = portal.mint_tokens();
+        if i == 0 {
+            assert!(portal.revoke_refresh_token(&refresh));
+            assert!(
+                !fake.portal(1).revoke_refresh_token(&refresh),
+                "not portal 1's"
+            );
+        }
+        // Only the refresh token: the first call refreshes.
+        let provider = oauth_provider(
+            &portal,
+            Arc::new(MemoryTokenStore::new()),
+            TokenSet::from_refresh_token(refresh.into()),
+        )
+        .await;
+        clients.push(
+            HubSpot::builder()
+                .oauth(provider)
+                .base_url(portal.uri())
+                .retry(fast_retry())
+                .build()
+                .expect("client"),
+        );
+    }
+    let err = clients[0]
+        .pipelines("deals")
+        .await
+        .expect_err("revoked grant");
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                kind: AuthErrorKind::Reauthorize,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    clients[1]
+        .pipelines("deals")
+        .await
+        .expect("the other portal keeps working");
+    assert_eq!(fake.portal(0).stats().token_refreshes, 0);
+    assert_eq!(fake.portal(1).stats().token_refreshes, 1);
+}

@@ -62,9 +62,17 @@
 //!
 //! Limits are rolling windows, checked when a request arrives (before any
 //! configured latency). Private-app tokens each have their own window and a
-//! daily budget; OAuth access tokens minted by the fake all belong to one app
-//! installed in one account, so they share one window (HubSpot counts OAuth
+//! daily budget; OAuth access tokens minted by a portal all belong to one app
+//! installed in that account, so they share one window (HubSpot counts OAuth
 //! limits per app and account, so refreshing a token does not reset it).
+//!
+//! # Several portals
+//!
+//! [`HubSpotFake::start_portals`] serves several accounts from one address,
+//! as `api.hubapi.com` does: each portal has its own records, hub id,
+//! tokens, windows, daily budget, faults and counters, and the bearer token
+//! of a request (or the refresh token or code at the token endpoint) picks
+//! the portal. [`HubSpotFake::portal`] gives a handle to each.
 //!
 //! # Fault injection
 //!
@@ -237,6 +245,23 @@ impl Default for FakeConfig {
     }
 }
 
+impl FakeConfig {
+    /// The default configuration made distinct for portal `n` of a
+    /// multi-portal fake ([`HubSpotFake::start_portals`]): seed `42 + n`
+    /// (other records), hub id `62515 + n`, domain
+    /// `fake-portal-{n}.hubspot.com`, private-app token `pat-fake-token-{n}`.
+    pub fn for_portal(n: usize) -> Self {
+        let n64 = n as u64;
+        Self {
+            seed: 42 + n64,
+            hub_id: 62_515 + n64,
+            hub_domain: format!("fake-portal-{n}.hubspot.com"),
+            private_app_tokens: vec![format!("pat-fake-token-{n}")],
+            ..Self::default()
+        }
+    }
+}
+
 /// Counters of what the fake has served since start or [`HubSpotFake::reset_stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -272,6 +297,8 @@ pub struct FakeStats {
 #[derive(Clone)]
 pub struct HubSpotFake {
     server: Arc<MockServer>,
+    hub: Arc<Hub>,
+    /// The portal this handle acts on.
     inner: Arc<Inner>,
 }
 
@@ -279,26 +306,109 @@ impl fmt::Debug for HubSpotFake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubSpotFake")
             .field("uri", &self.inner.uri)
+            .field("portal", &self.inner.portal)
+            .field("hub_id", &self.inner.cfg.hub_id)
             .finish_non_exhaustive()
     }
 }
 
 impl HubSpotFake {
-    /// Starts the fake on a random port of `127.0.0.1`.
+    /// Starts the fake on a random port of `127.0.0.1`, serving one portal.
     pub async fn start(config: FakeConfig) -> HubSpotFake {
+        Self::start_portals(vec![config]).await
+    }
+
+    /// Starts one fake serving several portals (accounts) on one address, as
+    /// HubSpot's single API host serves every account. Each portal has its
+    /// own configuration: records (from its own seed), hub id and domain,
+    /// private-app tokens, OAuth tokens it mints, rolling rate-limit windows,
+    /// daily budget, faults and counters. A request belongs to the portal
+    /// that issued its bearer token (or, at `POST /oauth/v1/token`, its
+    /// refresh token or authorization code; at `/oauth/v1/access-tokens/{token}`
+    /// and `/oauth/v1/refresh-tokens/{token}`, the token in the path). A
+    /// request no portal claims (no token, an unknown one) is answered by
+    /// portal 0, which refuses it. [`FakeConfig::for_portal`] gives
+    /// distinct portals.
+    ///
+    /// Returns a handle to portal 0; [`HubSpotFake::portal`] gives the
+    /// others. Records are generated from the seeds, so many portals cost
+    /// little memory beyond their property definitions.
+    ///
+    /// # Panics
+    ///
+    /// When `configs` is empty, or two portals share a private-app token
+    /// or a hub id (a request could not tell them apart).
+    pub async fn start_portals(configs: Vec<FakeConfig>) -> HubSpotFake {
+        assert!(
+            !configs.is_empty(),
+            "HubSpotFake::start_portals: at least one portal is needed"
+        );
         let server = MockServer::builder()
             .disable_request_recording()
             .start()
             .await;
-        let inner = Arc::new(Inner::new(config, server.uri()));
+        let hub = Arc::new(Hub::new(configs, server.uri()));
         Mock::given(wiremock::matchers::any())
-            .respond_with(Responder(Arc::clone(&inner)))
+            .respond_with(Responder(Arc::clone(&hub)))
             .mount(&server)
             .await;
+        let inner = Arc::clone(&hub.portals[0]);
         HubSpotFake {
             server: Arc::new(server),
+            hub,
             inner,
         }
+    }
+
+    /// A handle to portal `index` (in the order given to
+    /// [`HubSpotFake::start_portals`]) on the same server: every method of
+    /// the handle (truth helpers, mutations, tokens, faults, limits,
+    /// [`HubSpotFake::stats`]) acts on that portal only.
+    ///
+    /// # Panics
+    ///
+    /// When there is no such portal.
+    pub fn portal(&self, index: usize) -> HubSpotFake {
+        let Some(inner) = self.hub.portals.get(index) else {
+            panic!(
+                "HubSpotFake::portal: no portal {index} (the fake serves {})",
+                self.hub.portals.len()
+            );
+        };
+        HubSpotFake {
+            server: Arc::clone(&self.server),
+            hub: Arc::clone(&self.hub),
+            inner: Arc::clone(inner),
+        }
+    }
+
+    /// How many portals the fake serves.
+    pub fn portals(&self) -> usize {
+        self.hub.portals.len()
+    }
+
+    /// The index of the portal this handle acts on.
+    pub fn portal_index(&self) -> usize {
+        self.inner.portal
+    }
+
+    /// This portal's hub id (account id), as `check()` reports it.
+    pub fn hub_id(&self) -> u64 {
+        self.inner.cfg.hub_id
+    }
+
+    /// This portal's first private-app token, if it has one.
+    pub fn private_app_token(&self) -> Option<String> {
+        self.inner.cfg.private_app_tokens.first().cloned()
+    }
+
+    /// Revokes one of this portal's refresh tokens, as an uninstall or a
+    /// user removing the app does: the token endpoint then answers it with
+    /// `400 BAD_REFRESH_TOKEN` (HubSpot's `invalid_grant`). Access tokens
+    /// already minted keep working until they expire. Returns false when
+    /// the portal did not know the token.
+    pub fn revoke_refresh_token(&self, refresh_token: &str) -> bool {
+        self.inner.state().refresh.remove(refresh_token).is_some()
     }
 
     /// Base URL of the fake, like `http://127.0.0.1:41234` (no trailing slash);
@@ -568,6 +678,7 @@ impl HubSpotFake {
         let code = uuid::Uuid::new_v4().to_string();
         let scopes = scopes.iter().map(|s| (*s).to_string()).collect();
         self.inner.state().codes.insert(code.clone(), scopes);
+        self.inner.register(&code);
         code
     }
 
@@ -578,6 +689,7 @@ impl HubSpotFake {
         let scopes = default_scopes();
         let refresh = new_refresh_token();
         st.refresh.insert(refresh.clone(), scopes.clone());
+        self.inner.register(&refresh);
         let access = self.inner.mint_access(&mut st, scopes);
         (access, refresh)
     }
@@ -2365,8 +2477,92 @@ impl<'a> View<'a> {
     }
 }
 
+/// The portals one server serves, and which portal issued which token.
+struct Hub {
+    portals: Vec<Arc<Inner>>,
+    /// Private-app tokens by portal.
+    private: HashMap<String, usize>,
+    /// Tokens and codes the portals minted, by portal (shared with them).
+    minted: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Hub {
+    fn new(configs: Vec<FakeConfig>, uri: String) -> Hub {
+        let minted = Arc::new(Mutex::new(HashMap::new()));
+        let mut private = HashMap::new();
+        let mut hub_ids = HashSet::new();
+        for (i, cfg) in configs.iter().enumerate() {
+            assert!(
+                hub_ids.insert(cfg.hub_id),
+                "HubSpotFake::start_portals: portals share hub id {}",
+                cfg.hub_id
+            );
+            for token in &cfg.private_app_tokens {
+                if let Some(other) = private.insert(token.clone(), i) {
+                    panic!(
+                        "HubSpotFake::start_portals: portals {other} and {i} share a private-app token"
+                    );
+                }
+            }
+        }
+        let portals = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, cfg)| Arc::new(Inner::new(cfg, uri.clone(), i, Arc::clone(&minted))))
+            .collect();
+        Hub {
+            portals,
+            private,
+            minted,
+        }
+    }
+
+    /// The portal that issued `token`.
+    fn owner(&self, token: &str) -> Option<usize> {
+        self.private.get(token).copied().or_else(|| {
+            self.minted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(token)
+                .copied()
+        })
+    }
+
+    /// The portal a request belongs to (portal 0 when none claims it).
+    fn portal_of(&self, req: &Request) -> &Arc<Inner> {
+        if self.portals.len() == 1 {
+            return &self.portals[0];
+        }
+        let segs: Vec<&str> = req
+            .url
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let owner = match Route::parse(req.method.as_str(), &segs) {
+            Route::Token => {
+                let form: HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                ["refresh_token", "code"]
+                    .iter()
+                    .find_map(|k| form.get(*k).and_then(|t| self.owner(t)))
+            }
+            Route::AccessTokenInfo(tok)
+            | Route::RefreshTokenInfo(tok)
+            | Route::RefreshTokenDelete(tok) => self.owner(tok),
+            _ => bearer(req).and_then(|t| self.owner(t)),
+        };
+        &self.portals[owner.unwrap_or(0)]
+    }
+}
+
 struct Inner {
     uri: String,
+    /// This portal's index in its [`Hub`].
+    portal: usize,
+    /// The hub's record of minted tokens (see [`Hub::minted`]).
+    minted: Arc<Mutex<HashMap<String, usize>>>,
     cfg: FakeConfig,
     schemas: HashMap<String, Arc<TypeSchema>>,
     state: Mutex<State>,
@@ -2382,11 +2578,11 @@ struct Inner {
     max_in_window: AtomicU32,
 }
 
-struct Responder(Arc<Inner>);
+struct Responder(Arc<Hub>);
 
 impl Respond for Responder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        self.0.handle(request)
+        self.0.portal_of(request).handle(request)
     }
 }
 
@@ -2560,7 +2756,12 @@ fn prune(window: &mut VecDeque<Instant>, now: Instant, limit: FakeRateLimit) {
 }
 
 impl Inner {
-    fn new(cfg: FakeConfig, uri: String) -> Self {
+    fn new(
+        cfg: FakeConfig,
+        uri: String,
+        portal: usize,
+        minted: Arc<Mutex<HashMap<String, usize>>>,
+    ) -> Self {
         let schemas = cfg
             .objects
             .iter()
@@ -2578,6 +2779,8 @@ impl Inner {
         let latency = u64::try_from(cfg.latency.as_nanos()).unwrap_or(u64::MAX);
         Self {
             uri,
+            portal,
+            minted,
             schemas,
             state: Mutex::new(state),
             search_cache: Mutex::new(VecDeque::new()),
@@ -2591,6 +2794,14 @@ impl Inner {
             max_in_window: AtomicU32::new(0),
             cfg,
         }
+    }
+
+    /// Records that this portal issued `token` (a minted token or code).
+    fn register(&self, token: &str) {
+        self.minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.to_string(), self.portal);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -3006,6 +3217,7 @@ impl Inner {
         let expires_at = Instant::now() + self.cfg.access_token_ttl;
         st.access
             .insert(token.clone(), AccessToken { expires_at, scopes });
+        self.register(&token);
         token
     }
 
@@ -3056,6 +3268,7 @@ impl Inner {
                 };
                 let refresh = new_refresh_token();
                 st.refresh.insert(refresh.clone(), scopes.clone());
+                self.register(&refresh);
                 let access = self.mint_access(&mut st, scopes.clone());
                 drop(st);
                 self.code_exchanges.fetch_add(1, AtomicOrdering::Relaxed);
@@ -3074,6 +3287,7 @@ impl Inner {
                     st.refresh.remove(presented);
                     let fresh = new_refresh_token();
                     st.refresh.insert(fresh.clone(), scopes.clone());
+                    self.register(&fresh);
                     fresh
                 } else {
                     presented.to_string()
