@@ -178,4 +178,25 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
     /// The last committed checkpoint of a tenant's stream.
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>>;
+
+    /// Called when a stream's run stops without its final commit because the
+    /// sink itself failed (a write or a commit): drops what was written since
+    /// the last commit and releases what the run held (connections, open
+    /// uploads) at once. The next run's `prepare` recovers either way; this
+    /// only frees resources sooner. The default does nothing.
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        let _ = (tenant, stream);
+        Ok(())
+    }
+
+    /// The keys of the live (not deleted) records the sink holds for a
+    /// tenant's stream, for [`crate::sync::verify`]. The default says the
+    /// sink cannot list them.
+    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+        let _ = (tenant, stream);
+        Err(crate::Error::Config(format!(
+            "the {} sink cannot list the ids it holds",
+            self.name()
+        )))
+    }
 }

@@ -2,17 +2,19 @@
 //! stream, with checkpoints every N pages, resume after a crash, per-stream
 //! failure isolation and progress events.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::http::RequestStats;
+use crate::http::{DailyUsage, HttpEvent, RequestStats};
 use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
-use crate::source::{Page, Source, StreamState};
+use crate::source::{CountCheck, Page, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
 /// Something the engine reports while it runs.
@@ -50,6 +52,29 @@ pub enum Progress {
         /// Records committed by this sync of the stream.
         records: u64,
     },
+    /// A request failed and will be retried (429, 5xx, timeout).
+    Retrying {
+        /// Tenant.
+        tenant: String,
+        /// Stream.
+        stream: String,
+        /// 1 for the first retry of the request.
+        attempt: u32,
+        /// The status that failed (`None`: transport error or timeout).
+        status: Option<u16>,
+        /// Backoff or `Retry-After` before the next attempt.
+        wait: Duration,
+    },
+    /// A request waited on the client-side rate limiter (reported for waits
+    /// of [`Sync::THROTTLE_EVENT_MIN`] or more; the report counts them all).
+    Throttled {
+        /// Tenant.
+        tenant: String,
+        /// Stream.
+        stream: String,
+        /// Time spent waiting.
+        waited: Duration,
+    },
     /// A stream finished.
     StreamFinished(StreamReport),
     /// A stream failed; the report carries the error.
@@ -80,8 +105,30 @@ pub struct StreamReport {
     pub duration: Duration,
     /// The last committed state.
     pub final_state: Option<StreamState>,
+    /// Completeness checks: per window, what the provider reported against
+    /// what was read.
+    pub counts: Vec<CountCheck>,
+    /// When the stream stopped because a daily quota is spent: when the
+    /// quota resets and the sync can resume from its checkpoint.
+    pub resume_at: Option<DateTime<Utc>>,
     /// The error, if the stream failed (its committed checkpoints stay).
     pub error: Option<Arc<Error>>,
+}
+
+impl StreamReport {
+    /// The completeness checks where what was read differs from what the
+    /// provider reported.
+    pub fn count_mismatches(&self) -> impl Iterator<Item = &CountCheck> {
+        self.counts.iter().filter(|c| !c.matches())
+    }
+
+    /// True when the stream failed because the account must be connected
+    /// again (revoked grant, `invalid_grant`).
+    pub fn needs_reauthorization(&self) -> bool {
+        self.error
+            .as_deref()
+            .is_some_and(Error::needs_reauthorization)
+    }
 }
 
 /// What happened to one tenant's sync.
@@ -109,6 +156,22 @@ impl SyncReport {
     /// Records written across streams.
     pub fn records(&self) -> u64 {
         self.streams.iter().map(|s| s.records).sum()
+    }
+
+    /// True when the tenant's connection must be authorized again: its
+    /// grant was revoked or its refresh token refused. Mark the connection
+    /// (e.g. [`crate::auth::TokenStore::mark_reauthorization_needed`]) and
+    /// ask the account's owner to connect it again.
+    pub fn needs_reauthorization(&self) -> bool {
+        self.error
+            .as_deref()
+            .is_some_and(Error::needs_reauthorization)
+            || self.streams.iter().any(StreamReport::needs_reauthorization)
+    }
+
+    /// When the streams that stopped on a spent daily quota can resume.
+    pub fn resume_at(&self) -> Option<DateTime<Utc>> {
+        self.streams.iter().filter_map(|s| s.resume_at).max()
     }
 }
 
@@ -146,6 +209,7 @@ pub struct Sync {
     checkpoint_every: usize,
     read_ahead: usize,
     full_refresh: bool,
+    stream_concurrency: usize,
     progress: Option<ProgressFn>,
 }
 
@@ -172,8 +236,22 @@ impl Sync {
             checkpoint_every: 10,
             read_ahead: 4,
             full_refresh: false,
+            stream_concurrency: 1,
             progress: None,
         }
+    }
+
+    /// Limiter waits at least this long are reported as
+    /// [`Progress::Throttled`] events.
+    pub const THROTTLE_EVENT_MIN: Duration = Duration::from_millis(100);
+
+    /// Streams of this tenant synced at once (default 1). They share the
+    /// tenant's client and rate limiters, so more streams keep the limiter
+    /// busy while each waits on the network, but never exceed the
+    /// account's limits.
+    pub fn stream_concurrency(mut self, n: usize) -> Self {
+        self.stream_concurrency = n.max(1);
+        self
     }
 
     /// The tenant id recorded with every record and checkpoint.
@@ -252,23 +330,44 @@ impl Sync {
                 }
             },
         };
-        for stream in streams {
-            let r = self.run_stream(&stream).await;
-            if r.error.is_some() {
-                self.emit(Progress::StreamFailed(r.clone()));
-            } else {
-                self.emit(Progress::StreamFinished(r.clone()));
-            }
-            report.streams.push(r);
-        }
+        // A grant found revoked stops the streams not yet started: they
+        // would fail the same way, each spending another refresh attempt.
+        let revoked: Mutex<Option<Arc<Error>>> = Mutex::new(None);
+        let mut reports: Vec<(usize, StreamReport)> =
+            futures::stream::iter(streams.iter().enumerate())
+                .map(|(i, stream)| {
+                    let revoked = &revoked;
+                    async move {
+                        let known = revoked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let r = match known {
+                            Some(e) => self.skipped(stream, e),
+                            None => self.run_stream(stream).await,
+                        };
+                        if r.needs_reauthorization() {
+                            let mut g = revoked.lock().unwrap_or_else(|p| p.into_inner());
+                            if g.is_none() {
+                                *g = r.error.clone();
+                            }
+                        }
+                        if r.error.is_some() {
+                            self.emit(Progress::StreamFailed(r.clone()));
+                        } else {
+                            self.emit(Progress::StreamFinished(r.clone()));
+                        }
+                        (i, r)
+                    }
+                })
+                .buffer_unordered(self.stream_concurrency)
+                .collect()
+                .await;
+        reports.sort_by_key(|(i, _)| *i);
+        report.streams = reports.into_iter().map(|(_, r)| r).collect();
         report.duration = start.elapsed();
         report
     }
 
-    async fn run_stream(&self, stream: &str) -> StreamReport {
-        let start = Instant::now();
-        let before = self.source.request_stats();
-        let mut report = StreamReport {
+    fn empty_report(&self, stream: &str) -> StreamReport {
+        StreamReport {
             tenant: self.tenant.clone(),
             stream: stream.to_owned(),
             sync_id: None,
@@ -279,21 +378,119 @@ impl Sync {
             requests: RequestStats::default(),
             duration: Duration::ZERO,
             final_state: None,
+            counts: Vec::new(),
+            resume_at: None,
             error: None,
+        }
+    }
+
+    fn skipped(&self, stream: &str, error: Arc<Error>) -> StreamReport {
+        StreamReport {
+            error: Some(error),
+            ..self.empty_report(stream)
+        }
+    }
+
+    /// Estimates what the sync will cost before it runs: per stream, the
+    /// records and API calls the source expects and the least time its rate
+    /// limits allow, and whether today's remaining daily quota covers it.
+    pub async fn plan(&self) -> Result<SyncPlan> {
+        let streams = match &self.streams {
+            Some(s) => s.clone(),
+            None => self
+                .source
+                .discover()
+                .await?
+                .streams
+                .into_iter()
+                .map(|s| s.name)
+                .collect(),
         };
+        let mut plans = Vec::with_capacity(streams.len());
+        for stream in &streams {
+            let schema = self.source.schema(stream).await?;
+            let state = match self.sink.load_state(&self.tenant, stream).await? {
+                Some(cp) if !cp.complete || !self.full_refresh => Some(cp.state),
+                _ => None,
+            };
+            plans.push(self.source.plan(&schema, state.as_ref()).await?);
+        }
+        Ok(SyncPlan {
+            tenant: self.tenant.clone(),
+            requests: plans.iter().map(|p| p.requests).sum(),
+            min_duration: plans.iter().map(|p| p.min_duration).sum(),
+            streams: plans,
+            daily: self.source.daily_usage(),
+        })
+    }
+
+    async fn run_stream(&self, stream: &str) -> StreamReport {
+        let start = Instant::now();
+        let mut report = self.empty_report(stream);
+        let counters = Arc::new(StreamCounters::default());
         let span = tracing::info_span!("stream", stream);
-        if let Err(e) = self.sync_stream(stream, &mut report).instrument(span).await {
+        let result = self
+            .sync_stream(stream, &mut report, &counters)
+            .instrument(span)
+            .await;
+        if let Err(e) = result {
             tracing::warn!(stream, error = %e, "stream failed");
+            if let Error::RateLimited {
+                daily: true,
+                retry_after: Some(wait),
+                ..
+            } = &e
+            {
+                report.resume_at = chrono::Duration::from_std(*wait)
+                    .ok()
+                    .map(|d| Utc::now() + d);
+            }
             report.error = Some(Arc::new(e));
         }
-        report.requests = self.source.request_stats() - before;
+        report.requests = counters.stats();
         report.duration = start.elapsed();
         report
     }
 
-    async fn sync_stream(&self, stream: &str, report: &mut StreamReport) -> Result<()> {
+    /// The observer of one stream's HTTP events: counts them for the report
+    /// and turns retries and long limiter waits into progress events.
+    fn observer(&self, stream: &str, counters: Arc<StreamCounters>) -> crate::http::Observer {
+        let (sync, stream) = (self.clone(), stream.to_owned());
+        Arc::new(move |event: &HttpEvent| {
+            counters.count(event);
+            match *event {
+                HttpEvent::Retry {
+                    attempt,
+                    status,
+                    wait,
+                    ..
+                } => sync.emit(Progress::Retrying {
+                    tenant: sync.tenant.clone(),
+                    stream: stream.clone(),
+                    attempt,
+                    status,
+                    wait,
+                }),
+                HttpEvent::LimiterWait { waited, .. } if waited >= Self::THROTTLE_EVENT_MIN => sync
+                    .emit(Progress::Throttled {
+                        tenant: sync.tenant.clone(),
+                        stream: stream.clone(),
+                        waited,
+                    }),
+                _ => {}
+            }
+        })
+    }
+
+    async fn sync_stream(
+        &self,
+        stream: &str,
+        report: &mut StreamReport,
+        counters: &Arc<StreamCounters>,
+    ) -> Result<()> {
         let tenant = &self.tenant;
-        let schema = self.source.schema(stream).await?;
+        let observer = self.observer(stream, counters.clone());
+        let schema = crate::http::observe(observer.clone(), self.source.schema(stream)).await?;
         let previous = self.sink.load_state(tenant, stream).await?;
         // An unfinished run is resumed as it was (full or incremental); a
         // finished one is followed by an incremental run where the source
@@ -334,7 +531,7 @@ impl Sync {
         // network fetches ahead while the sink writes; backpressure is the
         // channel being full.
         let (tx, rx) = tokio::sync::mpsc::channel::<(DateTime<Utc>, Result<Page>)>(self.read_ahead);
-        let reader = async {
+        let reader = crate::http::observe(observer, async {
             let mut pages = self.source.read(&schema, state);
             while let Some(page) = pages.next().await {
                 let failed = page.is_err();
@@ -343,7 +540,7 @@ impl Sync {
                 }
             }
             drop(tx);
-        };
+        });
         let writer = async {
             // Owned here, so a failing writer closes the channel and the
             // reader stops instead of waiting on a full channel.
@@ -351,7 +548,30 @@ impl Sync {
             let mut since_commit = 0usize;
             let mut last_state: Option<StreamState> = None;
             while let Some((extracted_at, page)) = rx.recv().await {
-                let page = page?;
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        // The pages before the failure are good: commit them
+                        // with their checkpoint, so the next run resumes
+                        // after them (a daily quota stop is clean).
+                        if since_commit > 0 {
+                            if let Some(state) = last_state.clone() {
+                                let cp = StreamCheckpoint {
+                                    sync_id,
+                                    started_at,
+                                    state: state.clone(),
+                                    complete: false,
+                                    records: base + report.records,
+                                    full_refresh,
+                                };
+                                self.commit(stream, cp).await?;
+                                report.final_state = Some(state);
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
+                report.counts.extend(page.counts);
                 let n = page.records.len();
                 report.pages += 1;
                 report.records += n as u64;
@@ -403,6 +623,13 @@ impl Sync {
             Ok::<(), Error>(())
         };
         let ((), written) = futures::join!(reader, writer);
+        if let Err(e) = &written {
+            if matches!(e, Error::Sink { .. }) {
+                if let Err(abandon) = self.sink.abandon(tenant, stream).await {
+                    tracing::warn!(stream, error = %abandon, "sink could not abandon the run");
+                }
+            }
+        }
         written
     }
 
@@ -448,6 +675,123 @@ where
             .await;
     reports.sort_by_key(|(i, _)| *i);
     reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A stream's request counters, fed by its observer.
+#[derive(Debug, Default)]
+struct StreamCounters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    limiter_wait_ns: AtomicU64,
+}
+
+impl StreamCounters {
+    fn count(&self, event: &HttpEvent) {
+        let c = match event {
+            HttpEvent::Request => &self.requests,
+            HttpEvent::Retry { .. } => &self.retries,
+            HttpEvent::RateLimited => &self.rate_limited,
+            HttpEvent::LimiterWait { waited } => {
+                let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                self.limiter_wait_ns.fetch_add(ns, Ordering::Relaxed);
+                return;
+            }
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> RequestStats {
+        RequestStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            limiter_wait: Duration::from_nanos(self.limiter_wait_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// What a sync will cost, from [`Sync::plan`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SyncPlan {
+    /// Tenant.
+    pub tenant: String,
+    /// One estimate per stream, in order.
+    pub streams: Vec<StreamPlan>,
+    /// API calls across streams.
+    pub requests: u64,
+    /// The least time the rate limits allow, streams run one after another.
+    pub min_duration: Duration,
+    /// Today's use of the account's daily quota, where it has one.
+    pub daily: Option<DailyUsage>,
+}
+
+impl SyncPlan {
+    /// True unless the account's remaining daily quota is smaller than the
+    /// calls the sync needs (the sync would then stop at a checkpoint when
+    /// the quota runs out and resume after the reset).
+    pub fn fits_daily_quota(&self) -> bool {
+        self.daily.is_none_or(|d| d.remaining() >= self.requests)
+    }
+}
+
+/// What [`verify`] found: the ids the provider holds against the sink's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Tenant.
+    pub tenant: String,
+    /// Stream.
+    pub stream: String,
+    /// Live records at the provider.
+    pub source_count: u64,
+    /// Live records in the sink.
+    pub sink_count: u64,
+    /// Ids at the provider the sink lacks, sorted.
+    pub missing: Vec<String>,
+    /// Ids in the sink the provider no longer has live, sorted.
+    pub extra: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when the sink holds exactly the provider's live records.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Compares the full id set of a tenant's stream at the provider with the
+/// sink's live records, and lists what is missing or extra.
+///
+/// Run it after a sync (records changed at the provider since show up as
+/// differences until the next sync reads them). It costs an id-only listing
+/// of the stream ([`Source::read_ids`]) and one query of the sink.
+pub async fn verify(
+    source: &dyn Source,
+    sink: &dyn Sink,
+    tenant: &str,
+    stream: &str,
+) -> Result<VerifyReport> {
+    let schema = source.schema(stream).await?;
+    let at_source: BTreeSet<String> = source
+        .read_ids(&schema)
+        .try_fold(BTreeSet::new(), |mut all, page| async move {
+            all.extend(page);
+            Ok(all)
+        })
+        .await?;
+    let in_sink: BTreeSet<String> = sink.live_ids(tenant, stream).await?.into_iter().collect();
+    let missing = at_source.difference(&in_sink).cloned().collect();
+    let extra = in_sink.difference(&at_source).cloned().collect();
+    Ok(VerifyReport {
+        tenant: tenant.to_owned(),
+        stream: stream.to_owned(),
+        source_count: at_source.len() as u64,
+        sink_count: in_sink.len() as u64,
+        missing,
+        extra,
+    })
 }
 
 struct StreamCheckpoint {

@@ -608,3 +608,349 @@ async fn more_than_ten_thousand_changes_on_one_timestamp_are_read_once_each() {
         fake.record("contacts", 50)["properties"]["firstname"]
     );
 }
+
+// ---------------------------------------------------------------------------
+// Failures mid-stream, daily quotas, progress events, concurrency, revoked
+// grants, verify.
+// ---------------------------------------------------------------------------
+
+fn source_with_limits(fake: &HubSpotFake, limits: Limits) -> Arc<HubSpotSource> {
+    let hs = HubSpot::builder()
+        .private_app_token("pat-fake-token".into())
+        .base_url(fake.uri())
+        .retry(
+            RetryConfig::default()
+                .with_backoff(Duration::from_millis(5), Duration::from_millis(20)),
+        )
+        .limits(limits)
+        .build()
+        .expect("client");
+    Arc::new(HubSpotSource::new(hs))
+}
+
+#[tokio::test]
+async fn a_source_failure_commits_the_pages_read_before_it_and_the_next_run_resumes_after_them() {
+    let fake = fake(1_050, 0).await;
+    fake.malformed_page("contacts", 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let run = || {
+        Sync::new(source(&fake), sink.clone())
+            .tenant("acme")
+            .streams(["contacts"])
+            .checkpoint_every(100)
+    };
+    let first = run().run().await;
+    assert!(matches!(
+        first.streams[0].error.as_deref(),
+        Some(Error::Decode { .. })
+    ));
+    // Pages 0-4 were committed although no checkpoint was due.
+    let cp = sink
+        .load_state("acme", "contacts")
+        .await
+        .expect("state")
+        .expect("a checkpoint");
+    assert!(!cp.complete);
+    assert_eq!(cp.records, 500);
+    fake.clear_faults();
+    let second = run().run().await;
+    assert!(second.is_success(), "{second:#?}");
+    assert!(second.streams[0].resumed);
+    assert_eq!(
+        second.streams[0].records, 550,
+        "only the pages not committed"
+    );
+    let rows = lines(&sink.data_path("acme", "contacts"));
+    assert_eq!(ids_once(&rows), truth(&fake, "contacts"));
+}
+
+#[tokio::test]
+async fn a_spent_daily_quota_stops_at_a_checkpoint_says_when_to_resume_and_resumes_exactly() {
+    use headwater::http::DailyLimit;
+    let fake = fake(1_050, 10).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    // The properties call and five pages, then the quota is spent.
+    let limited = source_with_limits(&fake, Limits::default().with_daily(DailyLimit::utc(6)));
+    let first = Sync::new(limited.clone(), sink.clone())
+        .tenant("acme")
+        .streams(["contacts", "companies"])
+        .checkpoint_every(100)
+        .run()
+        .await;
+    let s = &first.streams[0];
+    assert!(
+        matches!(
+            s.error.as_deref(),
+            Some(Error::RateLimited { daily: true, .. })
+        ),
+        "{s:#?}"
+    );
+    assert_eq!(s.records, 500);
+    assert_eq!(s.requests.requests, 6);
+    let resume_at = first.resume_at().expect("when to resume");
+    let tomorrow = chrono::Utc::now().date_naive().succ_opt().expect("date");
+    assert_eq!(resume_at.date_naive(), tomorrow, "at the next 00:00 UTC");
+    // The quota is spent for the other stream too: no request is made.
+    assert!(matches!(
+        first.streams[1].error.as_deref(),
+        Some(Error::RateLimited { daily: true, .. })
+    ));
+    assert_eq!(first.streams[1].requests.requests, 0);
+    // "Tomorrow": a fresh quota. The run resumes after the 500 committed.
+    let second = Sync::new(source(&fake), sink.clone())
+        .tenant("acme")
+        .streams(["contacts", "companies"])
+        .run()
+        .await;
+    assert!(second.is_success(), "{second:#?}");
+    assert!(second.streams[0].resumed);
+    assert_eq!(second.streams[0].records, 560);
+    assert_eq!(
+        ids_once(&lines(&sink.data_path("acme", "contacts"))),
+        truth(&fake, "contacts")
+    );
+}
+
+#[tokio::test]
+async fn progress_reports_retries_and_limiter_waits_and_reports_count_them() {
+    use headwater::http::RateLimit;
+    let fake = fake(250, 5).await;
+    fake.fail_next(2, 503);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    // 5 per second: each request waits about 250 ms on the limiter.
+    let limited = source_with_limits(&fake, Limits::standard(RateLimit::per_second(5)));
+    let report = Sync::new(limited, sink)
+        .tenant("acme")
+        .streams(["contacts"])
+        .on_progress(move |p| ev.lock().expect("lock").push(p.clone()))
+        .run()
+        .await;
+    assert!(report.is_success(), "{report:#?}");
+    let s = &report.streams[0];
+    assert_eq!(s.requests.retries, 2);
+    // The properties call, 3 pages of 100 live contacts, 1 archived page,
+    // and the 2 retried attempts.
+    assert_eq!(s.requests.requests, 7);
+    assert_eq!(fake.stats().requests, 7);
+    let events = events.lock().expect("lock");
+    let retries: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Retrying {
+                stream,
+                status,
+                attempt,
+                ..
+            } => Some((stream.clone(), *status, *attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        vec![
+            ("contacts".to_owned(), Some(503), 1),
+            ("contacts".to_owned(), Some(503), 2)
+        ]
+    );
+    let throttled: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Throttled { waited, .. } => Some(*waited),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        throttled.len() >= 4,
+        "most of 7 requests wait ~200 ms: {throttled:?}"
+    );
+    assert!(throttled.iter().all(|w| *w >= Sync::THROTTLE_EVENT_MIN));
+    assert!(s.requests.limiter_wait >= throttled.iter().sum::<Duration>());
+}
+
+#[tokio::test]
+async fn streams_run_at_once_and_each_report_counts_its_own_requests() {
+    let fake = fake(450, 5).await;
+    fake.set_latency(Duration::from_millis(20));
+    let streams = ["contacts", "companies", "deals", "tickets"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let report = Sync::new(source(&fake), sink.clone())
+        .tenant("acme")
+        .streams(streams)
+        .stream_concurrency(4)
+        .on_progress(move |p| ev.lock().expect("lock").push(p.clone()))
+        .run()
+        .await;
+    assert!(report.is_success(), "{report:#?}");
+    // Reports come in the order asked, whatever order the streams ended in.
+    let names: Vec<_> = report.streams.iter().map(|s| s.stream.as_str()).collect();
+    assert_eq!(names, streams);
+    // All four started before any finished: they ran at once.
+    let events = events.lock().expect("lock").clone();
+    let first_finish = events
+        .iter()
+        .position(|e| matches!(e, Progress::StreamFinished(_)))
+        .expect("a finish");
+    let started_before = events[..first_finish]
+        .iter()
+        .filter(|e| matches!(e, Progress::StreamStarted { .. }))
+        .count();
+    assert_eq!(started_before, 4);
+    // Each request is counted once, by the stream that made it: the same
+    // counts as when the streams run one after another.
+    let total: u64 = report.streams.iter().map(|s| s.requests.requests).sum();
+    assert_eq!(total, fake.stats().requests);
+    fake.reset_stats();
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let sequential = Sync::new(
+        source(&fake),
+        Arc::new(FilesSink::new(dir2.path()).expect("sink")),
+    )
+    .tenant("acme")
+    .streams(streams)
+    .run()
+    .await;
+    for (a, b) in report.streams.iter().zip(&sequential.streams) {
+        assert_eq!(a.requests.requests, b.requests.requests, "{}", a.stream);
+        assert_eq!(a.records, b.records, "{}", a.stream);
+        assert_eq!(
+            ids_once(&lines(&sink.data_path("acme", &a.stream))),
+            truth(&fake, &a.stream)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_marks_the_connection_and_stops_only_that_tenant() {
+    use headwater::auth::{
+        MemoryTokenStore, OAuthClient, OAuthConfig, TokenProvider, TokenSet, TokenStore,
+    };
+    use headwater::sync::run_tenants;
+    let fake = fake(120, 0).await;
+    let oauth = OAuthClient::new(
+        OAuthConfig::hubspot(
+            fake.config().client_id.clone(),
+            fake.config().client_secret.clone().into(),
+        )
+        .with_token_url(&format!("{}/oauth/v1/token", fake.uri()))
+        .expect("url"),
+    )
+    .expect("oauth");
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let (_, good_refresh) = fake.mint_tokens();
+    let mut syncs = Vec::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    for (tenant, refresh) in [
+        ("revoked", "spent-refresh-token".to_owned()),
+        ("fine", good_refresh),
+    ] {
+        let key = format!("hubspot/{tenant}");
+        let provider = TokenProvider::new(
+            oauth.clone(),
+            store.clone(),
+            &key,
+            Some(TokenSet::from_refresh_token(refresh.into())),
+        )
+        .await
+        .expect("provider");
+        let hs = HubSpot::builder()
+            .oauth(provider)
+            .base_url(fake.uri())
+            .limits(Limits::default())
+            .build()
+            .expect("client");
+        syncs.push(
+            Sync::new(Arc::new(HubSpotSource::new(hs)), sink.clone())
+                .tenant(tenant)
+                .streams(["contacts", "companies", "deals"]),
+        );
+    }
+    let token_requests_before = fake.stats().token_requests;
+    let reports = run_tenants(syncs, 2).await;
+    let (revoked, fine) = (&reports[0], &reports[1]);
+    assert!(fine.is_success(), "{fine:#?}");
+    assert!(!fine.needs_reauthorization());
+    assert!(revoked.needs_reauthorization(), "{revoked:#?}");
+    // The grant was tried once; the other streams were not started.
+    assert_eq!(
+        fake.stats().token_requests - token_requests_before,
+        2,
+        "one refresh per tenant"
+    );
+    assert!(revoked.streams.iter().all(|s| s.needs_reauthorization()));
+    assert!(revoked.streams.iter().all(|s| s.requests.requests == 0));
+    // The connection is marked in the store, and a new provider built from
+    // it fails at once, without spending a request.
+    let stored = store
+        .load("hubspot/revoked")
+        .await
+        .expect("load")
+        .expect("some");
+    assert!(stored.needs_reauthorization());
+    let again = TokenProvider::new(oauth, store.clone(), "hubspot/revoked", None)
+        .await
+        .expect("provider");
+    let before = fake.stats().token_requests;
+    let err = headwater::auth::AccessTokenSource::access_token(&again)
+        .await
+        .expect_err("marked");
+    assert!(err.needs_reauthorization(), "{err}");
+    assert_eq!(fake.stats().token_requests, before);
+    assert!(!store
+        .load("hubspot/fine")
+        .await
+        .expect("load")
+        .expect("some")
+        .needs_reauthorization());
+}
+
+#[tokio::test]
+async fn verify_lists_what_the_sink_is_missing_and_what_it_holds_extra() {
+    use headwater::sync::verify;
+    let fake = fake(260, 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let src = source(&fake);
+    let report = Sync::new(src.clone(), sink.clone())
+        .tenant("acme")
+        .streams(["contacts"])
+        .run()
+        .await;
+    assert!(report.is_success());
+    let v = verify(src.as_ref(), sink.as_ref(), "acme", "contacts")
+        .await
+        .expect("verify");
+    assert!(v.is_exact(), "{v:#?}");
+    assert_eq!((v.source_count, v.sink_count), (260, 260));
+    // Changes at the provider the sink has not seen yet.
+    let added = fake.add("contacts", 2, now_ms());
+    fake.archive("contacts", 7, now_ms());
+    let v = verify(src.as_ref(), sink.as_ref(), "acme", "contacts")
+        .await
+        .expect("verify");
+    let mut want_missing: Vec<String> = added
+        .map(|i| {
+            fake.record("contacts", i)["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
+    want_missing.sort();
+    assert_eq!(v.missing, want_missing);
+    assert_eq!(
+        v.extra,
+        vec![fake.record("contacts", 7)["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()]
+    );
+}

@@ -92,6 +92,30 @@ pub struct TokenSet {
     pub expires_at: Option<DateTime<Utc>>,
     /// Granted scopes, when the provider says.
     pub scopes: Vec<String>,
+    /// Set when the connection must be authorized again (its grant was
+    /// revoked, its refresh token refused): the account's owner has to
+    /// connect it again, and until then no request is made with it.
+    pub reauthorization: Option<Reauthorization>,
+}
+
+/// Why and since when a connection needs to be authorized again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Reauthorization {
+    /// When the need was found.
+    pub since: DateTime<Utc>,
+    /// What the provider said.
+    pub reason: String,
+}
+
+impl Reauthorization {
+    /// A need found now.
+    pub fn now(reason: impl Into<String>) -> Self {
+        Reauthorization {
+            since: Utc::now(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl TokenSet {
@@ -117,7 +141,13 @@ impl TokenSet {
                 .and_then(|d| chrono::Duration::from_std(d).ok())
                 .map(|d| Utc::now() + d),
             scopes: Vec::new(),
+            reauthorization: None,
         }
+    }
+
+    /// True when the connection is marked as needing authorization again.
+    pub fn needs_reauthorization(&self) -> bool {
+        self.reauthorization.is_some()
     }
 
     /// True when there is no access token or it expires within `margin`.
@@ -144,6 +174,7 @@ impl TokenSet {
                 .map(|s| s.expose_secret().to_owned()),
             expires_at: self.expires_at,
             scopes: self.scopes.clone(),
+            reauthorization: self.reauthorization.clone(),
         }
     }
 
@@ -153,6 +184,7 @@ impl TokenSet {
             refresh_token: s.refresh_token.map(SecretString::from),
             expires_at: s.expires_at,
             scopes: s.scopes,
+            reauthorization: s.reauthorization,
         }
     }
 }
@@ -174,6 +206,8 @@ pub(crate) struct StoredTokens {
     expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reauthorization: Option<Reauthorization>,
 }
 
 /// Access tokens that refresh themselves.
@@ -331,7 +365,21 @@ impl TokenProvider {
                 kind: AuthErrorKind::Reauthorize,
                 message: "the access token expired and there is no refresh token".into(),
             })?;
-        let mut fresh = self.inner.oauth.refresh(&refresh_token).await?;
+        let mut fresh = match self.inner.oauth.refresh(&refresh_token).await {
+            Ok(fresh) => fresh,
+            Err(e) if e.needs_reauthorization() => {
+                // Mark the connection, so no process spends requests on it
+                // until its owner connects it again.
+                let mut marked = self.read().clone();
+                marked.reauthorization = Some(Reauthorization::now(e.to_string()));
+                if let Err(save) = self.inner.store.save(&self.inner.key, &marked).await {
+                    tracing::warn!(key = %self.inner.key, error = %save, "cannot mark the connection");
+                }
+                *self.write() = marked;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if fresh.refresh_token.is_none() {
             fresh.refresh_token = Some(refresh_token);
         }
@@ -356,6 +404,18 @@ impl AccessTokenSource for TokenProvider {
         let margin = self.inner.margin;
         {
             let cur = self.read();
+            if let Some(r) = &cur.reauthorization {
+                return Err(Error::Auth {
+                    provider: self.inner.oauth.provider(),
+                    kind: AuthErrorKind::Reauthorize,
+                    message: format!(
+                        "the connection `{}` needs to be authorized again (since {}): {}",
+                        self.inner.key,
+                        r.since.to_rfc3339(),
+                        r.reason
+                    ),
+                });
+            }
             if !cur.needs_refresh(margin) {
                 if let Some(t) = &cur.access_token {
                     return Ok(t.clone());

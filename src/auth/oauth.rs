@@ -423,6 +423,7 @@ impl OAuthClient {
                     .scopes()
                     .map(|s| s.iter().map(|s| s.to_string()).collect())
                     .unwrap_or_default(),
+                reauthorization: None,
             }),
             Err(RequestTokenError::ServerResponse(err)) => {
                 let message = format!(

@@ -28,6 +28,17 @@ pub trait TokenStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Every stored key, sorted.
     async fn keys(&self) -> Result<Vec<String>>;
+
+    /// Marks the connection under `key` as needing authorization again
+    /// (see [`super::TokenSet::reauthorization`]), keeping its tokens for
+    /// the record. [`super::TokenProvider`] does this itself when a refresh
+    /// is refused; call it for connections without refresh (a revoked
+    /// Mailchimp token). Connecting the account again saves a fresh set.
+    async fn mark_reauthorization_needed(&self, key: &str, reason: &str) -> Result<()> {
+        let mut tokens = self.load(key).await?.unwrap_or_default();
+        tokens.reauthorization = Some(super::Reauthorization::now(reason));
+        self.save(key, &tokens).await
+    }
 }
 
 /// Tokens in memory (tests, short-lived jobs).

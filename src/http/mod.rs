@@ -3,6 +3,7 @@
 //! 5xx and timeouts honouring `Retry-After`, one token refresh on 401, the
 //! provider's error body parsed into [`crate::Error`], and `tracing` spans.
 
+mod events;
 mod limit;
 mod retry;
 
@@ -18,6 +19,7 @@ use secrecy::ExposeSecret;
 use tracing::Instrument;
 use url::Url;
 
+pub use events::{observe, HttpEvent, Observer};
 pub use limit::{DailyLimit, DailyUsage, RateLimit};
 pub use retry::RetryConfig;
 
@@ -387,6 +389,7 @@ impl ApiClient {
                         .body(json.clone());
                 }
                 inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+                events::emit(HttpEvent::Request);
                 let outcome = match builder.send().await {
                     Ok(resp) => {
                         let status = resp.status();
@@ -406,6 +409,11 @@ impl ApiClient {
                             let wait = inner.retry.backoff(retries);
                             tracing::debug!(error = %e, ?wait, "transport error, retrying");
                             retries += 1;
+                            events::emit(HttpEvent::Retry {
+                                attempt: retries,
+                                status: None,
+                                wait,
+                            });
                             inner.counters.retries.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(wait).await;
                             continue;
@@ -451,6 +459,7 @@ impl ApiClient {
                 }
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     inner.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    events::emit(HttpEvent::RateLimited);
                     let retry_after = headers
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
@@ -473,6 +482,11 @@ impl ApiClient {
                         let wait = retry_after.unwrap_or_else(|| inner.retry.backoff(retries));
                         tracing::debug!(?wait, policy = ?parsed.policy_name, "429, retrying");
                         retries += 1;
+                        events::emit(HttpEvent::Retry {
+                            attempt: retries,
+                            status: Some(429),
+                            wait,
+                        });
                         inner.counters.retries.fetch_add(1, Ordering::Relaxed);
                         drop(_permit);
                         tokio::time::sleep(wait).await;
@@ -494,6 +508,11 @@ impl ApiClient {
                         .unwrap_or_else(|| inner.retry.backoff(retries));
                     tracing::debug!(status = status.as_u16(), ?wait, "server error, retrying");
                     retries += 1;
+                    events::emit(HttpEvent::Retry {
+                        attempt: retries,
+                        status: Some(status.as_u16()),
+                        wait,
+                    });
                     inner.counters.retries.fetch_add(1, Ordering::Relaxed);
                     drop(_permit);
                     tokio::time::sleep(wait).await;
@@ -525,6 +544,7 @@ impl ApiClient {
         }
         let waited = start.elapsed();
         if waited > Duration::from_micros(50) {
+            events::emit(HttpEvent::LimiterWait { waited });
             inner
                 .counters
                 .limiter_wait_us

@@ -72,6 +72,9 @@ struct Paths {
 struct StateFile {
     checkpoint: Checkpoint,
     partial_len: u64,
+    /// The stream's key fields (for [`Sink::live_ids`]).
+    #[serde(default)]
+    key: Vec<String>,
 }
 
 /// A file-system-safe name: ASCII letters, digits, `-`, `_` and `.` kept,
@@ -362,6 +365,7 @@ impl Sink for FilesSink {
             &StateFile {
                 checkpoint: checkpoint.clone(),
                 partial_len: open.len,
+                key: open.key.clone(),
             },
         )?;
         if checkpoint.complete {
@@ -375,6 +379,59 @@ impl Sink for FilesSink {
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
         Ok(Self::read_state(&self.paths(tenant, stream))?.map(|s| s.checkpoint))
+    }
+
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        // Discard the buffered, uncommitted records unwritten; the next
+        // `prepare` truncates `.partial` to the committed length.
+        if let Some(old) = self
+            .open_map()
+            .remove(&(tenant.to_owned(), stream.to_owned()))
+        {
+            let _ = old.writer.into_parts();
+        }
+        Ok(())
+    }
+
+    /// The keys of the live records of the last complete snapshot
+    /// (`{stream}.jsonl`); a composite key's fields are joined by `:`.
+    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+        use std::io::{BufRead, BufReader};
+        let paths = self.paths(tenant, stream);
+        let key = Self::read_state(&paths)?
+            .map(|s| s.key)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "files sink: no completed sync of `{stream}` for tenant `{tenant}` with a known key"
+                ))
+            })?;
+        let file = match File::open(&paths.data) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::sink(NAME, "cannot open snapshot", e)),
+        };
+        let mut ids = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(io_err("cannot read snapshot"))?;
+            let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+                .map_err(|e| {
+                    Error::state(format!("unreadable line in {}", paths.data.display()), e)
+                })?;
+            if row.get("_deleted") == Some(&serde_json::Value::Bool(true)) {
+                continue;
+            }
+            let parts: Vec<String> = key
+                .iter()
+                .map(|k| match row.get(k) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                })
+                .collect();
+            ids.push(parts.join(":"));
+        }
+        Ok(ids)
     }
 }
 

@@ -145,7 +145,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
 use self::encode::Cell;
-use self::layout::{Layout, STATE_TABLE, STREAMS_TABLE};
+use self::layout::{Layout, COLUMNS_TABLE, STATE_TABLE, STREAMS_TABLE};
 use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
 use crate::{Error, Result};
 
@@ -1004,6 +1004,65 @@ impl Sink for PostgresSink {
                 Err(e)
             }
         }
+    }
+
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        // End the run's open COPY now rather than by the idle watchdog: the
+        // server rolls its transaction back and frees its locks.
+        let previous = lock(&self.buffers).remove(&(tenant.to_owned(), stream.to_owned()));
+        if let Some(copy) = previous.and_then(|b| b.copy) {
+            drop(copy.abort().await);
+        }
+        Ok(())
+    }
+
+    /// The keys of the tenant's live rows; a composite key's columns are
+    /// joined by `:`.
+    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+        self.setup().await?;
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                &format!(
+                    "SELECT table_name, primary_key FROM {} WHERE stream = $1",
+                    ident::qualified(&self.schema, STREAMS_TABLE)
+                ),
+                &[&stream],
+            )
+            .await
+            .map_err(pg_err("cannot read the stream table"))?
+        else {
+            return Ok(Vec::new());
+        };
+        let table: String = row.get(0);
+        let Json(key): Json<Vec<String>> = row
+            .try_get(1)
+            .map_err(pg_err("cannot read the stream's key"))?;
+        let mut columns = Vec::with_capacity(key.len());
+        for field in &key {
+            let col: String = client
+                .query_one(
+                    &format!(
+                        "SELECT column_name FROM {} WHERE stream = $1 AND field_name = $2",
+                        ident::qualified(&self.schema, COLUMNS_TABLE)
+                    ),
+                    &[&stream, field],
+                )
+                .await
+                .map_err(pg_err("cannot read the key's column"))?
+                .get(0);
+            columns.push(format!("{}::text", ident::quote(&col)));
+        }
+        let sql = format!(
+            "SELECT concat_ws(':', {}) FROM {} WHERE _tenant_id = $1 AND NOT _deleted",
+            columns.join(", "),
+            ident::qualified(&self.schema, &table)
+        );
+        let rows = client
+            .query(&sql, &[&tenant])
+            .await
+            .map_err(pg_err("cannot list the ids"))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
