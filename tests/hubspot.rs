@@ -468,9 +468,10 @@ async fn hundreds_of_custom_properties_never_make_a_414() {
         .expect("no 414");
     let records: Vec<_> = pages.iter().flat_map(|p| &p.records).collect();
     assert_eq!(records.iter().filter(|r| !r.deleted).count(), 250);
-    // Every property arrives, through list-ids + batch read: 2 calls per page.
+    // Every property arrives, through list-ids + batch read: 2 calls per
+    // page, plus the search for the live total (the completeness check).
     assert!(records[0].data.len() > 700, "{}", records[0].data.len());
-    assert_eq!(fake.stats().requests, 2 * pages.len() as u64);
+    assert_eq!(fake.stats().requests, 2 * pages.len() as u64 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -819,4 +820,101 @@ async fn a_revoked_refresh_token_fails_only_its_own_portal() {
         .expect("the other portal keeps working");
     assert_eq!(fake.portal(0).stats().token_refreshes, 0);
     assert_eq!(fake.portal(1).stats().token_refreshes, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Completeness: what HubSpot reports against what was read
+// ---------------------------------------------------------------------------
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn checks(pages: &[Page]) -> Vec<headwater::source::CountCheck> {
+    pages.iter().flat_map(|p| p.counts.clone()).collect()
+}
+
+#[tokio::test]
+async fn completeness_counts_match_on_a_quiet_fake() {
+    let fake = HubSpotFake::start(config(450)).await;
+    let source = HubSpotSource::new(client(&fake)).with_settle_lag(Duration::ZERO);
+    let schema = source.schema("contacts").await.expect("schema");
+    // A full read: one check, on the page that ends the live listing (the
+    // fifth; the archived listing follows and is not counted by search).
+    let pages: Vec<Page> = source
+        .read(&schema, None)
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(pages.len(), 6);
+    assert_eq!(pages[4].counts.len(), 1);
+    let c = &checks(&pages)[..];
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!((c[0].reported, c[0].loaded), (450, 450));
+    assert!(c[0].matches());
+    assert_eq!(c[0].scope, "contacts: all live records");
+
+    // A resumed listing keeps counting from its checkpoint.
+    let resumed: Vec<Page> = source
+        .read(&schema, Some(pages[1].checkpoint.clone()))
+        .try_collect()
+        .await
+        .expect("resume");
+    let c = checks(&resumed);
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].reported, c[0].loaded), (450, 450));
+
+    // An incremental window: its count is the search total of its first query.
+    let done = pages.last().expect("pages").checkpoint.clone();
+    fake.touch_many("contacts", 20..430, now_ms());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let pages: Vec<Page> = source
+        .read(&schema, Some(done))
+        .try_collect()
+        .await
+        .expect("incremental");
+    let c = checks(&pages);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!((c[0].reported, c[0].loaded), (410, 410));
+    assert!(
+        c[0].scope.starts_with("contacts: lastmodifieddate in [20"),
+        "{}",
+        c[0].scope
+    );
+}
+
+#[tokio::test]
+async fn a_record_added_mid_window_shows_as_a_difference() {
+    let fake = HubSpotFake::start(config(450)).await;
+    let source = HubSpotSource::new(client(&fake)).with_settle_lag(Duration::ZERO);
+    let schema = source.schema("contacts").await.expect("schema");
+
+    // During the full listing: a record created after its first page.
+    let mut stream = source.read(&schema, None);
+    let first = stream.next().await.expect("page").expect("ok");
+    assert!(first.counts.is_empty());
+    fake.add("contacts", 1, now_ms());
+    let rest: Vec<Page> = stream.try_collect().await.expect("rest");
+    drop(first);
+    let c = checks(&rest);
+    assert_eq!((c[0].reported, c[0].loaded), (450, 451));
+    assert!(!c[0].matches());
+    let done = rest.last().expect("pages").checkpoint.clone();
+
+    // During an incremental window: a record that enters the window between
+    // two of its pages (the search index caught up with it late).
+    let t = now_ms();
+    fake.touch_many("contacts", 100..400, t);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut stream = source.read(&schema, Some(done));
+    let first = stream.next().await.expect("page").expect("ok");
+    assert!(first.counts.is_empty());
+    fake.add("contacts", 1, t);
+    let rest: Vec<Page> = stream.try_collect().await.expect("rest");
+    let c = checks(&rest);
+    assert_eq!(c.len(), 1, "{c:?}");
+    // 300 touched, plus the record added during the full listing (after its
+    // cursor: this is the run that picks it up), plus the late one.
+    assert_eq!((c[0].reported, c[0].loaded), (301, 302));
+    assert!(!c[0].matches());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ use super::{CrmObject, Filter, HubSpot, Operator, PropertyDefinition, MAX_SEARCH
 use crate::http::RequestStats;
 use crate::paginate::Paged;
 use crate::schema::{coerce, Catalog, Field, FieldType, StreamSchema};
-use crate::source::{AccountInfo, Page, Record, Source, StreamState};
+use crate::source::{AccountInfo, CountCheck, Page, Record, Source, StreamState};
 use crate::{Error, Result};
 
 /// The stream of CRM owners.
@@ -46,6 +46,25 @@ const SYSTEM_FIELDS: [&str; 6] = [
 /// reach the sink. Property values arrive as strings and are typed by the
 /// schema from the properties API: numbers, booleans, dates; blanks become
 /// null.
+///
+/// # Completeness
+/// Each read says whether it got what `HubSpot` reported, as a
+/// [`CountCheck`] on the page that finishes a listing or window (the engine
+/// puts them in its report):
+/// - an incremental window: the search `total` of the window's first query
+///   against the records read from the window;
+/// - a full read: the live total from one search of one result without
+///   filters (one extra call, made when the live listing starts) against the
+///   live records listed. Archived records are not checked: search cannot
+///   see them.
+///
+/// Counts survive a resume (they travel in the stream state). A difference
+/// is not always a loss: records created, changed or deleted while the read
+/// runs can enter or leave a listing or window after its count was taken.
+/// What changed during a sync is read by the next incremental run (its
+/// window starts at or before this run's start), so a difference that
+/// persists across runs is the one to look into (see also
+/// [`crate::sync::verify`]).
 #[derive(Debug, Clone)]
 pub struct HubSpotSource {
     hs: HubSpot,
@@ -66,6 +85,10 @@ pub struct HubSpotSource {
 /// `Done` keeps `cursor_ms`, where the next incremental read starts: never
 /// later than the read's start minus the settle lag, so records the search
 /// index had not caught up with are read next time.
+///
+/// `reported` and `loaded` carry the completeness check of the listing or
+/// window under way across a resume: what `HubSpot` said it holds when it
+/// began, and how many records were read from it so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
 enum Position {
@@ -73,12 +96,20 @@ enum Position {
         after: Option<String>,
         #[serde(default)]
         started_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reported: Option<u64>,
+        #[serde(default)]
+        loaded: u64,
     },
     Changes {
         lo: i64,
         hi: i64,
         #[serde(default)]
         last_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reported: Option<u64>,
+        #[serde(default)]
+        loaded: u64,
     },
     Archived {
         after: Option<String>,
@@ -97,6 +128,8 @@ impl Position {
             None => Ok(Position::Active {
                 after: None,
                 started_ms: None,
+                reported: None,
+                loaded: 0,
             }),
             Some(s) => serde_json::from_value(s.0)
                 .map_err(|e| Error::state("unreadable HubSpot stream state", e)),
@@ -108,16 +141,47 @@ impl Position {
     }
 }
 
+/// A completeness count under way: what `HubSpot` reported for a listing or
+/// window (once known) and how many records were read from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    reported: Option<u64>,
+    loaded: u64,
+}
+
 /// One phase of a read, with where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
-    Live(Option<String>),
+    Live {
+        after: Option<String>,
+        tally: Tally,
+    },
     Changes {
         lo: i64,
         hi: i64,
         last_id: Option<String>,
+        tally: Tally,
     },
     Archived(Option<String>),
+}
+
+impl Step {
+    #[cfg(test)]
+    fn live(after: Option<String>) -> Step {
+        Step::Live {
+            after,
+            tally: Tally::default(),
+        }
+    }
+
+    fn changes(lo: i64, hi: i64) -> Step {
+        Step::Changes {
+            lo,
+            hi,
+            last_id: None,
+            tally: Tally::default(),
+        }
+    }
 }
 
 /// What is left to read from a position: the steps, and the incremental
@@ -145,9 +209,17 @@ impl Plan {
             }
         };
         match pos {
-            Position::Active { after, started_ms } => {
+            Position::Active {
+                after,
+                started_ms,
+                reported,
+                loaded,
+            } => {
                 let started = started_ms.unwrap_or(now_ms);
-                let mut steps = vec![Step::Live(after)];
+                let mut steps = vec![Step::Live {
+                    after,
+                    tally: Tally { reported, loaded },
+                }];
                 steps.extend(archived(None));
                 Plan {
                     steps,
@@ -155,8 +227,19 @@ impl Plan {
                     started_ms: Some(started),
                 }
             }
-            Position::Changes { lo, hi, last_id } => {
-                let mut steps = vec![Step::Changes { lo, hi, last_id }];
+            Position::Changes {
+                lo,
+                hi,
+                last_id,
+                reported,
+                loaded,
+            } => {
+                let mut steps = vec![Step::Changes {
+                    lo,
+                    hi,
+                    last_id,
+                    tally: Tally { reported, loaded },
+                }];
                 steps.extend(archived(None));
                 Plan {
                     steps,
@@ -175,11 +258,7 @@ impl Plan {
                 let hi = now_ms - lag_ms;
                 let mut steps = Vec::new();
                 if hi >= lo {
-                    steps.push(Step::Changes {
-                        lo,
-                        hi,
-                        last_id: None,
-                    });
+                    steps.push(Step::changes(lo, hi));
                 }
                 steps.extend(archived(None));
                 Plan {
@@ -196,17 +275,22 @@ impl Plan {
         }
     }
 
-    /// The position after a page of step `i` whose next cursor is `next`.
-    fn after_page(&self, i: usize, next: Option<String>) -> Position {
+    /// The position after a page of step `i` whose next cursor is `next`,
+    /// with the step's count so far.
+    fn after_page(&self, i: usize, next: Option<String>, tally: Tally) -> Position {
         match (&self.steps[i], next) {
-            (Step::Live(_), Some(after)) => Position::Active {
+            (Step::Live { .. }, Some(after)) => Position::Active {
                 after: Some(after),
                 started_ms: self.started_ms,
+                reported: tally.reported,
+                loaded: tally.loaded,
             },
             (Step::Changes { lo, hi, .. }, Some(last)) => Position::Changes {
                 lo: *lo,
                 hi: *hi,
                 last_id: Some(last),
+                reported: tally.reported,
+                loaded: tally.loaded,
             },
             (Step::Archived(_), Some(after)) => Position::Archived {
                 after: Some(after),
@@ -218,14 +302,23 @@ impl Plan {
 
     fn start_of(&self, i: usize) -> Position {
         match self.steps.get(i) {
-            Some(Step::Live(after)) => Position::Active {
+            Some(Step::Live { after, tally }) => Position::Active {
                 after: after.clone(),
                 started_ms: self.started_ms,
+                reported: tally.reported,
+                loaded: tally.loaded,
             },
-            Some(Step::Changes { lo, hi, last_id }) => Position::Changes {
+            Some(Step::Changes {
+                lo,
+                hi,
+                last_id,
+                tally,
+            }) => Position::Changes {
                 lo: *lo,
                 hi: *hi,
                 last_id: last_id.clone(),
+                reported: tally.reported,
+                loaded: tally.loaded,
             },
             Some(Step::Archived(after)) => Position::Archived {
                 after: after.clone(),
@@ -246,8 +339,40 @@ fn last_modified_property(schema: &StreamSchema) -> Option<&'static str> {
         .find(|p| schema.field(p).is_some())
 }
 
+/// One page of a step: its objects, the next cursor, and what `HubSpot`
+/// reported for the query that served it (search's `total`).
+struct StepPage {
+    items: Vec<CrmObject>,
+    next: Option<String>,
+    total: Option<u64>,
+}
+
+impl StepPage {
+    fn listed(p: Paged<CrmObject, String>) -> StepPage {
+        StepPage {
+            items: p.items,
+            next: p.next,
+            total: None,
+        }
+    }
+}
+
+/// The filters of the window `lo..=hi` on `last_modified`, after `last_id`.
+fn window_filters(last_modified: &str, (lo, hi): (i64, i64), last_id: Option<&str>) -> Vec<Filter> {
+    let mut filters = vec![Filter::between(
+        last_modified,
+        lo.to_string(),
+        hi.to_string(),
+    )];
+    if let Some(id) = last_id {
+        filters.push(Filter::new("hs_object_id", Operator::Gt, id));
+    }
+    filters
+}
+
 /// Search pages of the records modified in `lo..=hi`, ordered by id, each
-/// query restarting after the last id seen; the cursor is that id.
+/// query restarting after the last id seen; the cursor is that id. Every
+/// page carries its query's `total`.
 fn changes(
     hs: &HubSpot,
     object_type: String,
@@ -255,25 +380,17 @@ fn changes(
     last_modified: &'static str,
     (lo, hi): (i64, i64),
     start: Option<String>,
-) -> impl Stream<Item = Result<Paged<CrmObject, String>>> + Send + 'static {
+) -> impl Stream<Item = Result<StepPage>> + Send + 'static {
     let hs = hs.clone();
     crate::paginate::paginate(
         PROVIDER,
         format!("{object_type} changes {lo}..={hi}"),
         start,
         move |last_id: Option<String>| {
-            let mut filters = vec![Filter::between(
-                last_modified,
-                lo.to_string(),
-                hi.to_string(),
-            )];
-            if let Some(id) = &last_id {
-                filters.push(Filter::new("hs_object_id", Operator::Gt, id.clone()));
-            }
             let search = hs
                 .objects(object_type.clone())
                 .search()
-                .filter_group(filters)
+                .filter_group(window_filters(last_modified, (lo, hi), last_id.as_deref()))
                 .sort("hs_object_id", true)
                 .properties(props.clone())
                 .limit(MAX_SEARCH_LIMIT);
@@ -285,10 +402,51 @@ fn changes(
                 } else {
                     None
                 };
-                Ok(Paged::new(page.items, next))
+                Ok(Paged::new(vec![(page.total, page.items)], next))
             }
         },
     )
+    .map(|r| {
+        r.map(|mut p| {
+            let (total, items) = p.items.pop().unwrap_or_default();
+            StepPage {
+                items,
+                next: p.next,
+                total: Some(total),
+            }
+        })
+    })
+}
+
+/// How many records of `object_type` `HubSpot` holds live, by a search of
+/// one result without filters (its `total`); `None` when the type cannot be
+/// searched (the listing then goes without a completeness check).
+async fn live_total(hs: &HubSpot, object_type: &str) -> Result<Option<u64>> {
+    let search = hs
+        .objects(object_type)
+        .search()
+        .properties(["hs_object_id"])
+        .limit(1);
+    match search.send().await {
+        Ok(page) => Ok(Some(page.total)),
+        Err(Error::Api { status, .. }) if matches!(status, 400 | 403 | 404) => {
+            tracing::debug!(
+                object_type,
+                status,
+                "no search total: no completeness check"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `ms` as an RFC 3339 time for messages.
+fn iso_ms(ms: i64) -> String {
+    ts(DateTime::from_timestamp_millis(ms))
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| ms.to_string())
 }
 
 impl HubSpotSource {
@@ -413,16 +571,66 @@ impl HubSpotSource {
             .map(move |(i, step)| {
                 let (types, plan) = (types.clone(), plan.clone());
                 let objects = hs.objects(object_type.clone());
-                let archived = matches!(step, Step::Archived(_));
-                let pages: BoxStream<'static, Result<Paged<CrmObject, String>>> = match step {
-                    Step::Live(after) | Step::Archived(after) => objects
+                // The count this step checks (none for archived records:
+                // search does not see them), and whether the step's first
+                // answer says what to count against.
+                let (mut tally, scope, take_total) = match &step {
+                    Step::Live { tally, .. } => (
+                        *tally,
+                        Some(format!("{object_type}: all live records")),
+                        false,
+                    ),
+                    Step::Changes {
+                        lo,
+                        hi,
+                        last_id,
+                        tally,
+                    } => (
+                        *tally,
+                        last_modified.map(|lm| {
+                            format!("{object_type}: {lm} in [{}, {}]", iso_ms(*lo), iso_ms(*hi))
+                        }),
+                        // A window resumed from a state without its total
+                        // (written by an older version) is not checked.
+                        tally.reported.is_none() && last_id.is_none(),
+                    ),
+                    Step::Archived(_) => (Tally::default(), None, false),
+                };
+                let pages: BoxStream<'static, Result<StepPage>> = match step {
+                    Step::Live { after, .. } => {
+                        let list = objects
+                            .list()
+                            .properties(props.clone())
+                            .after(after.clone())
+                            .pages()
+                            .map(|r| r.map(StepPage::listed));
+                        // A fresh listing starts with the live total.
+                        if after.is_none() && tally.reported.is_none() && last_modified.is_some() {
+                            let (hs, t) = (hs.clone(), object_type.clone());
+                            futures::stream::once(async move {
+                                let total = live_total(&hs, &t).await?;
+                                Ok(list.map_ok(move |mut p| {
+                                    p.total = total;
+                                    p
+                                }))
+                            })
+                            .try_flatten()
+                            .boxed()
+                        } else {
+                            list.boxed()
+                        }
+                    }
+                    Step::Archived(after) => objects
                         .list()
                         .properties(props.clone())
-                        .archived(archived)
+                        .archived(true)
                         .after(after)
                         .pages()
+                        .map(|r| r.map(StepPage::listed))
                         .boxed(),
-                    Step::Changes { lo, hi, last_id } => match last_modified {
+                    Step::Changes {
+                        lo, hi, last_id, ..
+                    } => match last_modified {
                         Some(lm) => changes(
                             &hs,
                             object_type.clone(),
@@ -435,10 +643,22 @@ impl HubSpotSource {
                         None => futures::stream::empty().boxed(),
                     },
                 };
+                let fresh_live = matches!(&plan.steps[i], Step::Live { after: None, .. });
+                let take_total = take_total || fresh_live;
                 pages.map(move |r| {
                     r.map(|p| {
-                        let next = plan.after_page(i, p.next.clone());
-                        Page::new(object_records(p.items, &types), next.to_state())
+                        if take_total && tally.reported.is_none() {
+                            tally.reported = p.total;
+                        }
+                        tally.loaded += p.items.len() as u64;
+                        let done = p.next.is_none();
+                        let next = plan.after_page(i, p.next, tally);
+                        let page = Page::new(object_records(p.items, &types), next.to_state());
+                        match (&scope, tally.reported) {
+                            (Some(scope), Some(reported)) if done => page
+                                .with_count(CountCheck::new(scope.clone(), reported, tally.loaded)),
+                            _ => page,
+                        }
                     })
                 })
             })
@@ -460,6 +680,8 @@ impl HubSpotSource {
             Position::Done { .. } | Position::Changes { .. } => Position::Active {
                 after: None,
                 started_ms: None,
+                reported: None,
+                loaded: 0,
             },
             other => other,
         };
@@ -471,13 +693,13 @@ impl HubSpotSource {
                 let plan = plan.clone();
                 let (archived, start) = match step {
                     Step::Archived(after) => (true, after),
-                    Step::Live(after) => (false, after),
+                    Step::Live { after, .. } => (false, after),
                     Step::Changes { .. } => (false, None),
                 };
                 hs.owner_pages(archived, start)
                     .map(move |r: Result<Paged<Value, String>>| {
                         r.map(|p| {
-                            let next = plan.after_page(i, p.next.clone());
+                            let next = plan.after_page(i, p.next.clone(), Tally::default());
                             let records = p
                                 .items
                                 .into_iter()
@@ -805,23 +1027,32 @@ mod tests {
             true,
             true,
         );
-        assert_eq!(plan.steps, vec![Step::Live(None), Step::Archived(None)]);
+        assert_eq!(plan.steps, vec![Step::live(None), Step::Archived(None)]);
         assert_eq!(
-            plan.after_page(0, Some("5".into())),
+            plan.after_page(
+                0,
+                Some("5".into()),
+                Tally {
+                    reported: Some(7),
+                    loaded: 3
+                }
+            ),
             Position::Active {
                 after: Some("5".into()),
-                started_ms: Some(10_000)
+                started_ms: Some(10_000),
+                reported: Some(7),
+                loaded: 3,
             }
         );
         assert_eq!(
-            plan.after_page(0, None),
+            plan.after_page(0, None, Tally::default()),
             Position::Archived {
                 after: None,
                 cursor_ms: Some(9_000)
             }
         );
         assert_eq!(
-            plan.after_page(1, None),
+            plan.after_page(1, None, Tally::default()),
             Position::Done {
                 cursor_ms: Some(9_000)
             }
@@ -832,6 +1063,8 @@ mod tests {
             Position::Active {
                 after: Some("5".into()),
                 started_ms: Some(10_000),
+                reported: None,
+                loaded: 0,
             },
             99_000,
             1_000,
@@ -839,7 +1072,7 @@ mod tests {
             true,
         );
         assert_eq!(
-            resumed.after_page(0, None),
+            resumed.after_page(0, None, Tally::default()),
             Position::Done {
                 cursor_ms: Some(9_000)
             }
@@ -853,7 +1086,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            plain.after_page(0, None),
+            plain.after_page(0, None, Tally::default()),
             Position::Done { cursor_ms: None }
         );
     }
@@ -866,32 +1099,34 @@ mod tests {
         let plan = Plan::new(done.clone(), 60_000, 10_000, true, true);
         assert_eq!(
             plan.steps,
-            vec![
-                Step::Changes {
-                    lo: 5_000,
-                    hi: 50_000,
-                    last_id: None
-                },
-                Step::Archived(None)
-            ]
+            vec![Step::changes(5_000, 50_000), Step::Archived(None)]
         );
         assert_eq!(
-            plan.after_page(0, Some("1234".into())),
+            plan.after_page(
+                0,
+                Some("1234".into()),
+                Tally {
+                    reported: Some(450),
+                    loaded: 200
+                }
+            ),
             Position::Changes {
                 lo: 5_000,
                 hi: 50_000,
-                last_id: Some("1234".into())
+                last_id: Some("1234".into()),
+                reported: Some(450),
+                loaded: 200,
             }
         );
         assert_eq!(
-            plan.after_page(0, None),
+            plan.after_page(0, None, Tally::default()),
             Position::Archived {
                 after: None,
                 cursor_ms: Some(50_001)
             }
         );
         assert_eq!(
-            plan.after_page(1, None),
+            plan.after_page(1, None, Tally::default()),
             Position::Done {
                 cursor_ms: Some(50_001)
             }
@@ -910,8 +1145,22 @@ mod tests {
             lo: 1,
             hi: 2,
             last_id: Some("9".into()),
+            reported: Some(5),
+            loaded: 2,
         };
         assert_eq!(Position::from_state(Some(p.to_state())).expect("state"), p);
+        // A state written before completeness counts reads as "no count".
+        let old = serde_json::json!({"phase": "changes", "lo": 1, "hi": 2, "last_id": "9"});
+        assert_eq!(
+            Position::from_state(Some(StreamState(old))).expect("old state"),
+            Position::Changes {
+                lo: 1,
+                hi: 2,
+                last_id: Some("9".into()),
+                reported: None,
+                loaded: 0,
+            }
+        );
         assert!(
             Position::from_state(Some(StreamState(serde_json::json!({"phase": "nope"})))).is_err()
         );
