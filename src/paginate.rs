@@ -1,6 +1,6 @@
 //! One generic cursor pagination over `futures::Stream`, used by every
 //! provider: `HubSpot`'s `after`, Constant Contact's `_links.next.href`,
-//! Mailchimp's offset/count.
+//! Mailchimp's offset/count ([`paginate_offset`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -100,6 +100,64 @@ where
     })
 }
 
+/// One page of an offset listing (`count` + `offset`, as Mailchimp pages):
+/// its items and the total the provider reports for the whole listing.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OffsetPage<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// The number of items the provider says the listing holds
+    /// (Mailchimp: `total_items`), if it says.
+    pub total: Option<u64>,
+}
+
+impl<T> OffsetPage<T> {
+    /// A page.
+    pub fn new(items: Vec<T>, total: Option<u64>) -> Self {
+        OffsetPage { items, total }
+    }
+}
+
+/// Offset pagination as a stream of pages: `fetch(offset)` gets the page
+/// starting at `offset` with at most `page_size` items; the cursor of each
+/// page is the offset of the next one.
+///
+/// The walk ends after a page shorter than `page_size` (an empty page
+/// included) or one that reaches the reported total, so a listing of exactly
+/// `n * page_size` items costs no extra empty request when the provider
+/// reports its total. Built on [`paginate`]: nothing is fetched until
+/// polled, the stream ends after the first error, and `start` resumes from a
+/// checkpointed offset.
+///
+/// Offsets shift when items are added or removed before the current offset
+/// while the walk runs; callers that need a stable walk fix the listing
+/// (a sort and an upper time bound taken before the first page).
+pub fn paginate_offset<T, F, Fut>(
+    provider: &'static str,
+    what: impl Into<String>,
+    start: u64,
+    page_size: u32,
+    mut fetch: F,
+) -> impl Stream<Item = Result<Paged<T, u64>>>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<OffsetPage<T>>>,
+{
+    let page_size = u64::from(page_size.max(1));
+    paginate(provider, what, Some(start), move |offset: Option<u64>| {
+        let offset = offset.unwrap_or(0);
+        let fut = fetch(offset);
+        async move {
+            let page = fut.await?;
+            let n = page.items.len() as u64;
+            let end = offset + n;
+            let last = n < page_size || page.total.is_some_and(|t| end >= t);
+            Ok(Paged::new(page.items, (!last).then_some(end)))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +200,55 @@ mod tests {
             }
             other => panic!("expected CursorRepeated, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn offset_pages_stop_at_a_short_page_or_the_total() {
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        // 25 items in pages of 10, total reported: 3 calls (0, 10, 20).
+        let pages: Vec<_> = paginate_offset("test", "items", 0, 10, move |offset| {
+            seen.lock().expect("lock").push(offset);
+            async move {
+                let items: Vec<u64> = (offset..25.min(offset + 10)).collect();
+                Ok(OffsetPage::new(items, Some(25)))
+            }
+        })
+        .collect()
+        .await;
+        let items: Vec<u64> = pages
+            .into_iter()
+            .flat_map(|p| p.expect("page").items)
+            .collect();
+        assert_eq!(items, (0..25).collect::<Vec<_>>());
+        assert_eq!(*calls.lock().expect("lock"), vec![0, 10, 20]);
+
+        // Exactly 20 with the total known: no empty third request; resume at 10.
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let pages: Vec<_> = paginate_offset("test", "items", 10, 10, move |offset| {
+            seen.lock().expect("lock").push(offset);
+            async move { Ok(OffsetPage::new((offset..offset + 10).collect(), Some(20))) }
+        })
+        .collect()
+        .await;
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].as_ref().expect("page").next, None);
+        assert_eq!(*calls.lock().expect("lock"), vec![10]);
+
+        // Without a total, a full page asks for the next one; an empty one ends it.
+        let pages: Vec<_> = paginate_offset("test", "items", 0, 5, |offset| async move {
+            let items: Vec<u64> = if offset < 10 {
+                (offset..offset + 5).collect()
+            } else {
+                Vec::new()
+            };
+            Ok(OffsetPage::new(items, None))
+        })
+        .collect()
+        .await;
+        assert_eq!(pages.len(), 3);
+        assert!(pages[2].as_ref().expect("page").items.is_empty());
     }
 
     #[tokio::test]
