@@ -72,6 +72,7 @@
 //!   activity (`/reports/email_reports/{id}/tracking/…`) but are not synced.
 
 mod models;
+mod plan;
 mod source;
 
 use std::marker::PhantomData;

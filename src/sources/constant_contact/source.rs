@@ -19,7 +19,7 @@ use super::{
 };
 use crate::http::{DailyUsage, RequestStats};
 use crate::schema::{Catalog, Field, FieldType, StreamSchema};
-use crate::source::{AccountInfo, Page, Record, Source, StreamState};
+use crate::source::{AccountInfo, Page, Record, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
 /// Contact lists (re-read in full every run).
@@ -44,10 +44,10 @@ pub const DEFAULT_SETTLE_LAG: Duration = Duration::from_secs(60);
 /// say whether `updated_after`/`updated_before` include their bounds, nor
 /// their precision. A record re-read at the seam is upserted, never
 /// duplicated.
-const OVERLAP_MS: i64 = 1_000;
+pub(super) const OVERLAP_MS: i64 = 1_000;
 
 /// What contacts listings ask to include.
-const CONTACT_INCLUDE: [&str; 2] = ["custom_fields", "list_memberships"];
+pub(super) const CONTACT_INCLUDE: [&str; 2] = ["custom_fields", "list_memberships"];
 
 /// Prefix of the columns made from contact custom fields.
 const CUSTOM_FIELD_PREFIX: &str = "cf_";
@@ -102,7 +102,7 @@ pub struct ConstantContactSource {
 /// Where a stream's read stands (the stream state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
-enum Position {
+pub(super) enum Position {
     /// A full listing, at `next` (`None`: its first page), begun at
     /// `started_ms`.
     Full {
@@ -155,7 +155,7 @@ enum Position {
 }
 
 impl Position {
-    fn from_state(state: Option<StreamState>) -> Result<Self> {
+    pub(super) fn from_state(state: Option<StreamState>) -> Result<Self> {
         match state {
             None => Ok(Position::Full {
                 next: None,
@@ -173,7 +173,7 @@ impl Position {
 
 /// How a stream follows its first read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// Re-read in full every run.
     Snapshot,
     /// Windows of changes on `updated_at`, and (contacts) a sweep of deletes.
@@ -184,7 +184,7 @@ enum Kind {
 
 /// One phase of a read, with where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     Full(Option<String>),
     Changes {
         lo: i64,
@@ -204,14 +204,14 @@ enum Step {
 
 /// What is left to read from a position, and the cursor the read ends with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Plan {
-    steps: Vec<Step>,
-    cursor_ms: Option<i64>,
-    started_ms: Option<i64>,
+pub(super) struct Plan {
+    pub(super) steps: Vec<Step>,
+    pub(super) cursor_ms: Option<i64>,
+    pub(super) started_ms: Option<i64>,
 }
 
 impl Plan {
-    fn new(kind: Kind, pos: Position, now_ms: i64, lag_ms: i64) -> Result<Plan> {
+    pub(super) fn new(kind: Kind, pos: Position, now_ms: i64, lag_ms: i64) -> Result<Plan> {
         let sweep = matches!(
             kind,
             Kind::Windowed {
@@ -358,7 +358,7 @@ impl Plan {
     }
 }
 
-fn ms_to_time(ms: i64) -> DateTime<Utc> {
+pub(super) fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
@@ -718,11 +718,11 @@ impl ConstantContactSource {
         &self.cc
     }
 
-    fn lag_ms(&self) -> i64 {
+    pub(super) fn lag_ms(&self) -> i64 {
         i64::try_from(self.settle_lag.as_millis()).unwrap_or(i64::MAX / 4)
     }
 
-    fn kind(&self, stream: &str) -> Kind {
+    pub(super) fn kind(&self, stream: &str) -> Kind {
         match stream {
             STREAM_CONTACTS => Kind::Windowed {
                 sweep_deleted: self.sweep_deleted,
@@ -1237,6 +1237,10 @@ impl Source for ConstantContactSource {
 
     fn request_stats(&self) -> RequestStats {
         self.cc.stats()
+    }
+
+    async fn plan(&self, stream: &StreamSchema, state: Option<&StreamState>) -> Result<StreamPlan> {
+        self.plan_stream(stream, state).await
     }
 
     fn daily_usage(&self) -> Option<DailyUsage> {
