@@ -17,6 +17,8 @@
 //! | `GET /oauth/v1/access-tokens/{token}` | token introspection |
 //! | `GET`/`DELETE /oauth/v1/refresh-tokens/{token}` | refresh-token info and revocation |
 //! | `GET /account-info/v3/details` | account identity |
+//! | `POST /crm/v4/associations/{from}/{to}/batch/read` | at most 1,000 inputs (`{id, after}`); 500 associations per result, then `paging.next.after`; ids without associations answer 207 with `NO_ASSOCIATIONS_FOUND` errors |
+//! | `GET /crm/v4/objects/{type}/{id}/associations/{to}` | `limit` (default and max 500), `after` |
 //!
 //! Anything else answers 404 with HubSpot's `Error` body. CRM and account
 //! calls need `Authorization: Bearer <token>` (a configured private-app token
@@ -57,6 +59,22 @@
 //! companies, `dealname` for deals, `subject` for tickets, `hs_body_preview`
 //! for other types): the generated value followed by ` (v{n})`, where `n`
 //! counts the record's touches (a blank value becomes `(v{n})`).
+//!
+//! # Associations
+//!
+//! Contacts, companies, deals and tickets are associated with each other
+//! (each pair of types that are configured), generated from the seed: most
+//! records have zero to three associations of each pair, and record index 0
+//! of the first type of each pair (contacts with companies, deals and
+//! tickets; companies with deals and tickets; deals with tickets) is
+//! associated with the first 1,200 records of the other type, so that
+//! per-result paging (500 a page) is exercised. Associations hold in both
+//! directions; each carries its unlabeled `HUBSPOT_DEFINED` type, some the
+//! `Primary` label (pairs with companies) or a `USER_DEFINED` label
+//! (contacts with deals). Only active records are associated: archiving or
+//! merging a record hides its associations. [`HubSpotFake::associate`] and
+//! [`HubSpotFake::dissociate`] change them; [`HubSpotFake::associations`]
+//! gives the truth.
 //!
 //! # Rate limits
 //!
@@ -283,6 +301,8 @@ pub struct FakeStats {
     /// Requests per route, keyed like `GET /crm/v3/objects/contacts` (ids and
     /// tokens in paths appear as `{id}` / `{token}`).
     pub per_path: BTreeMap<String, u64>,
+    /// The number of inputs of each association batch read served, in order.
+    pub association_batch_sizes: Vec<usize>,
 }
 
 // ---------------------------------------------------------------------------
@@ -663,6 +683,79 @@ impl HubSpotFake {
         })
     }
 
+    /// Associates active record `from_index` of `from_type` with active
+    /// record `to_index` of `to_type` (both directions, the unlabeled type
+    /// only), as `PUT /crm/v4/objects/…/associations/default/…` does. Returns
+    /// false when they were associated already.
+    ///
+    /// # Panics
+    ///
+    /// When the two types are not an associated pair the fake serves (both
+    /// of contacts, companies, deals, tickets, and configured), or an index
+    /// is not an active record.
+    pub fn associate(
+        &self,
+        from_type: &str,
+        from_index: usize,
+        to_type: &str,
+        to_index: usize,
+    ) -> bool {
+        self.inner
+            .change_association(from_type, from_index, to_type, to_index, true)
+    }
+
+    /// Removes every association between active record `from_index` of
+    /// `from_type` and active record `to_index` of `to_type` (both
+    /// directions), as `DELETE /crm/v4/objects/…/associations/…` does.
+    /// Returns false when they were not associated.
+    ///
+    /// # Panics
+    ///
+    /// As [`HubSpotFake::associate`].
+    pub fn dissociate(
+        &self,
+        from_type: &str,
+        from_index: usize,
+        to_type: &str,
+        to_index: usize,
+    ) -> bool {
+        self.inner
+            .change_association(from_type, from_index, to_type, to_index, false)
+    }
+
+    /// Every association the fake serves from `from_type` to `to_type`, as
+    /// `(from id, to id)` pairs of active records, sorted; changes included.
+    /// Empty when the types are not an associated pair.
+    pub fn associations(&self, from_type: &str, to_type: &str) -> Vec<(String, String)> {
+        let Some(side) = self.inner.assoc_side(from_type, to_type) else {
+            return Vec::new();
+        };
+        let (from, to) = (side.from, side.to);
+        let (mf, mt) = (self.inner.snapshot(from), self.inner.snapshot(to));
+        let (vf, vt) = (self.inner.view(from, &mf), self.inner.view(to, &mt));
+        let mut out = Vec::new();
+        for pos in 0..vf.population() {
+            if !vf.is_active(pos) {
+                continue;
+            }
+            let from_id = (ACTIVE_ID_BASE + pos as u64).to_string();
+            for (to_pos, _) in self.inner.neighbours(&side, pos, &vt) {
+                out.push((
+                    from_id.clone(),
+                    (ACTIVE_ID_BASE + to_pos as u64).to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The next `n` association batch reads answer one of their inputs (the
+    /// first) with an `INTERNAL_ERROR` in `errors` (HTTP 207) instead of its
+    /// associations, as a partial failure of HubSpot's batch endpoints.
+    pub fn fail_association_reads(&self, n: usize) {
+        self.inner.state().association_faults += n;
+    }
+
     /// Names of every property of `object_type` (defaults and custom), in
     /// definition order. Empty for an unknown type.
     pub fn property_names(&self, object_type: &str) -> Vec<String> {
@@ -794,7 +887,10 @@ impl HubSpotFake {
     /// A snapshot of the counters.
     pub fn stats(&self) -> FakeStats {
         let i = &self.inner;
-        let per_path = i.state().per_path.clone();
+        let (per_path, association_batch_sizes) = {
+            let st = i.state();
+            (st.per_path.clone(), st.association_batches.clone())
+        };
         FakeStats {
             requests: i.requests.load(AtomicOrdering::Relaxed),
             rate_limited: i.rate_limited.load(AtomicOrdering::Relaxed),
@@ -803,6 +899,7 @@ impl HubSpotFake {
             token_requests: i.token_requests.load(AtomicOrdering::Relaxed),
             max_in_window: i.max_in_window.load(AtomicOrdering::Relaxed),
             per_path,
+            association_batch_sizes,
         }
     }
 
@@ -820,7 +917,9 @@ impl HubSpotFake {
             c.store(0, AtomicOrdering::Relaxed);
         }
         i.max_in_window.store(0, AtomicOrdering::Relaxed);
-        i.state().per_path.clear();
+        let mut st = i.state();
+        st.per_path.clear();
+        st.association_batches.clear();
     }
 }
 
@@ -2302,6 +2401,10 @@ struct State {
     malformed: HashSet<(String, usize)>,
     repeat: HashMap<String, usize>,
     per_path: BTreeMap<String, u64>,
+    /// Association batch reads still to answer with a failed input.
+    association_faults: usize,
+    /// Input counts of the association batch reads served.
+    association_batches: Vec<usize>,
 }
 
 /// Cached result of one search query: the first matches in sort order.
@@ -2557,6 +2660,161 @@ impl Hub {
     }
 }
 
+/// Pairs of object types the fake associates, in the direction the
+/// generated associations are keyed by.
+const ASSOCIATED_PAIRS: [(&str, &str); 6] = [
+    ("contacts", "companies"),
+    ("contacts", "deals"),
+    ("companies", "deals"),
+    ("deals", "tickets"),
+    ("contacts", "tickets"),
+    ("companies", "tickets"),
+];
+/// Most inputs of one association batch read (HubSpot changelog "Batch
+/// Read Limit for HubSpot Associations API", February 2025).
+const ASSOCIATION_BATCH_MAX: usize = 1000;
+/// Associations per result page (the per-object list's documented limit).
+const ASSOCIATION_PAGE: usize = 500;
+/// Record 0 of a pair's first type is associated with this many records.
+const HUB_ASSOCIATIONS: usize = 1200;
+
+/// `(unlabeled, Primary, user-defined)` association type ids from `from`
+/// to `to` (HubSpot's defaults; the user-defined one is the fake's).
+fn association_type_ids(from: &str, to: &str) -> (u32, Option<u32>, Option<u32>) {
+    match (from, to) {
+        ("contacts", "companies") => (279, Some(1), None),
+        ("companies", "contacts") => (280, Some(2), None),
+        ("deals", "contacts") => (3, None, Some(102)),
+        ("contacts", "deals") => (4, None, Some(101)),
+        ("deals", "companies") => (341, Some(5), None),
+        ("companies", "deals") => (342, Some(6), None),
+        ("contacts", "tickets") => (15, None, None),
+        ("tickets", "contacts") => (16, None, None),
+        ("tickets", "companies") => (339, Some(26), None),
+        ("companies", "tickets") => (340, Some(25), None),
+        ("deals", "tickets") => (27, None, None),
+        ("tickets", "deals") => (28, None, None),
+        _ => (1, None, None),
+    }
+}
+
+/// Adjacency of generated records in compressed rows: the neighbours of
+/// position `i` are `targets[offsets[i]..offsets[i + 1]]`, ascending.
+#[derive(Debug, Default)]
+struct Adjacency {
+    offsets: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl Adjacency {
+    fn get(&self, pos: usize) -> &[u32] {
+        match (self.offsets.get(pos), self.offsets.get(pos + 1)) {
+            (Some(&lo), Some(&hi)) => &self.targets[lo as usize..hi as usize],
+            _ => &[],
+        }
+    }
+
+    /// Rows from `(row, target)` pairs sorted by row then target.
+    fn from_sorted(rows: usize, edges: &[(u32, u32)]) -> Adjacency {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        let mut k = 0;
+        for row in 0..rows {
+            offsets.push(k as u32);
+            while k < edges.len() && edges[k].0 as usize == row {
+                k += 1;
+            }
+        }
+        offsets.push(k as u32);
+        Adjacency {
+            offsets,
+            targets: edges.iter().map(|e| e.1).collect(),
+        }
+    }
+}
+
+/// The generated associations of one pair, both ways.
+#[derive(Debug)]
+struct PairIndex {
+    forward: Adjacency,
+    reverse: Adjacency,
+}
+
+/// Associations changed by tests, as `(a position, b position)`.
+#[derive(Debug, Default)]
+struct PairMuts {
+    added: BTreeSet<(usize, usize)>,
+    /// `added` as `(b, a)`.
+    added_rev: BTreeSet<(usize, usize)>,
+    removed: BTreeSet<(usize, usize)>,
+}
+
+/// One associated pair of types `a`–`b`: generated on first use (a fake
+/// whose associations are never read pays nothing), plus changes.
+#[derive(Debug)]
+struct AssocPair {
+    a: &'static str,
+    b: &'static str,
+    key: u64,
+    index: std::sync::OnceLock<PairIndex>,
+    muts: Mutex<PairMuts>,
+}
+
+impl AssocPair {
+    fn new(a: &'static str, b: &'static str) -> AssocPair {
+        AssocPair {
+            a,
+            b,
+            key: fnv1a(a) ^ fnv1a(b).rotate_left(29) ^ fnv1a("@associations"),
+            index: std::sync::OnceLock::new(),
+            muts: Mutex::new(PairMuts::default()),
+        }
+    }
+
+    fn muts(&self) -> MutexGuard<'_, PairMuts> {
+        self.muts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The generated associations between the `na` generated records of `a`
+    /// and the `nb` of `b`.
+    fn index(&self, seed: u64, na: usize, nb: usize) -> &PairIndex {
+        self.index.get_or_init(|| {
+            let mut edges: Vec<(u32, u32)> = Vec::new();
+            if nb > 0 {
+                for x in 0..na {
+                    if x == 0 {
+                        edges.extend((0..nb.min(HUB_ASSOCIATIONS)).map(|y| (0, y as u32)));
+                        continue;
+                    }
+                    let h = mix(seed ^ self.key ^ mix(x as u64));
+                    let start = edges.len();
+                    for j in 0..h % 4 {
+                        let y = mix(h ^ (j + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) % nb as u64;
+                        edges.push((x as u32, y as u32));
+                    }
+                    edges[start..].sort_unstable();
+                    let mut tail: Vec<(u32, u32)> = edges.drain(start..).collect();
+                    tail.dedup();
+                    edges.extend(tail);
+                }
+            }
+            let forward = Adjacency::from_sorted(na, &edges);
+            let mut rev: Vec<(u32, u32)> = edges.iter().map(|&(x, y)| (y, x)).collect();
+            rev.sort_unstable();
+            let reverse = Adjacency::from_sorted(nb, &rev);
+            PairIndex { forward, reverse }
+        })
+    }
+}
+
+/// An associated pair seen from one of its types.
+struct Side<'a> {
+    pair: &'a AssocPair,
+    /// True when `from` is the pair's `a`.
+    forward: bool,
+    from: &'a TypeSchema,
+    to: &'a TypeSchema,
+}
+
 struct Inner {
     uri: String,
     /// This portal's index in its [`Hub`].
@@ -2565,6 +2823,8 @@ struct Inner {
     minted: Arc<Mutex<HashMap<String, usize>>>,
     cfg: FakeConfig,
     schemas: HashMap<String, Arc<TypeSchema>>,
+    /// The associated pairs of configured types, in their canonical order.
+    pairs: Vec<AssocPair>,
     state: Mutex<State>,
     search_cache: Mutex<VecDeque<(String, Arc<SearchHits>)>>,
     /// Source of `Mutations::generation`.
@@ -2646,6 +2906,8 @@ enum Route<'a> {
     RefreshTokenInfo(&'a str),
     RefreshTokenDelete(&'a str),
     AccountDetails,
+    AssocBatchRead(&'a str, &'a str),
+    AssocList(&'a str, &'a str, &'a str),
     NotFound,
 }
 
@@ -2668,6 +2930,12 @@ impl<'a> Route<'a> {
             ("GET", ["oauth", "v1", "refresh-tokens", tok]) => Route::RefreshTokenInfo(tok),
             ("DELETE", ["oauth", "v1", "refresh-tokens", tok]) => Route::RefreshTokenDelete(tok),
             ("GET", ["account-info", "v3", "details"]) => Route::AccountDetails,
+            ("POST", ["crm", "v4", "associations", f, t, "batch", "read"]) => {
+                Route::AssocBatchRead(f, t)
+            }
+            ("GET", ["crm", "v4", "objects", f, id, "associations", t]) => {
+                Route::AssocList(f, id, t)
+            }
             _ => Route::NotFound,
         }
     }
@@ -2690,6 +2958,10 @@ impl<'a> Route<'a> {
             Route::RefreshTokenInfo(_) => "GET /oauth/v1/refresh-tokens/{token}".to_string(),
             Route::RefreshTokenDelete(_) => "DELETE /oauth/v1/refresh-tokens/{token}".to_string(),
             Route::AccountDetails => "GET /account-info/v3/details".to_string(),
+            Route::AssocBatchRead(f, t) => format!("POST /crm/v4/associations/{f}/{t}/batch/read"),
+            Route::AssocList(f, _, t) => {
+                format!("GET /crm/v4/objects/{f}/{{id}}/associations/{t}")
+            }
             Route::NotFound => format!("{method} {path}"),
         }
     }
@@ -2762,7 +3034,7 @@ impl Inner {
         portal: usize,
         minted: Arc<Mutex<HashMap<String, usize>>>,
     ) -> Self {
-        let schemas = cfg
+        let schemas: HashMap<String, Arc<TypeSchema>> = cfg
             .objects
             .iter()
             .map(|(name, seed)| {
@@ -2776,12 +3048,21 @@ impl Inner {
             search_rate_limit: cfg.search_rate_limit,
             ..State::default()
         };
+        let pairs = ASSOCIATED_PAIRS
+            .iter()
+            .filter(|(a, b)| {
+                let has = |t: &str| schemas.contains_key(t);
+                has(a) && has(b)
+            })
+            .map(|&(a, b)| AssocPair::new(a, b))
+            .collect();
         let latency = u64::try_from(cfg.latency.as_nanos()).unwrap_or(u64::MAX);
         Self {
             uri,
             portal,
             minted,
             schemas,
+            pairs,
             state: Mutex::new(state),
             search_cache: Mutex::new(VecDeque::new()),
             generation: AtomicU64::new(0),
@@ -2880,6 +3161,354 @@ impl Inner {
         let mut out = String::new();
         w.write(&mut out, rec, false);
         serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    // ----- associations -----
+
+    /// The pair `from`–`to` seen from `from`, if the fake associates them.
+    fn assoc_side(&self, from_type: &str, to_type: &str) -> Option<Side<'_>> {
+        let from = self.resolve(from_type)?;
+        let to = self.resolve(to_type)?;
+        self.pairs.iter().find_map(|pair| {
+            if pair.a == from.name && pair.b == to.name {
+                Some(Side {
+                    pair,
+                    forward: true,
+                    from,
+                    to,
+                })
+            } else if pair.a == to.name && pair.b == from.name {
+                Some(Side {
+                    pair,
+                    forward: false,
+                    from,
+                    to,
+                })
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The active records of the other type associated with active position
+    /// `pos` of `side.from`, ascending, each with whether the seed made the
+    /// association (else a test did, and it has only the unlabeled type).
+    fn neighbours(&self, side: &Side<'_>, pos: usize, to: &View<'_>) -> Vec<(usize, bool)> {
+        let pair = side.pair;
+        let (na, nb) = if side.forward {
+            (side.from.seed.count, side.to.seed.count)
+        } else {
+            (side.to.seed.count, side.from.seed.count)
+        };
+        let index = pair.index(self.cfg.seed, na, nb);
+        let muts = pair.muts();
+        let generated: &[u32] = if side.forward {
+            index.forward.get(pos)
+        } else {
+            index.reverse.get(pos)
+        };
+        let edge = |other: usize| {
+            if side.forward {
+                (pos, other)
+            } else {
+                (other, pos)
+            }
+        };
+        let mut out: Vec<(usize, bool)> = generated
+            .iter()
+            .map(|&o| o as usize)
+            .filter(|&o| !muts.removed.contains(&edge(o)))
+            .map(|o| (o, !muts.added.contains(&edge(o))))
+            .collect();
+        let added: Vec<usize> = if side.forward {
+            muts.added
+                .range((pos, 0)..=(pos, usize::MAX))
+                .map(|&(_, b)| b)
+                .collect()
+        } else {
+            muts.added_rev
+                .range((pos, 0)..=(pos, usize::MAX))
+                .map(|&(_, a)| a)
+                .collect()
+        };
+        for o in added {
+            if !out.iter().any(|&(x, _)| x == o) {
+                out.push((o, false));
+            }
+        }
+        drop(muts);
+        out.retain(|&(o, _)| to.is_active(o));
+        out.sort_unstable();
+        out
+    }
+
+    fn change_association(
+        &self,
+        from_type: &str,
+        from_index: usize,
+        to_type: &str,
+        to_index: usize,
+        add: bool,
+    ) -> bool {
+        let what = if add { "associate" } else { "dissociate" };
+        let Some(side) = self.assoc_side(from_type, to_type) else {
+            panic!("HubSpotFake::{what}: {from_type} and {to_type} are not an associated pair");
+        };
+        self.snapshot(side.from)
+            .check_active(side.from, from_index, what);
+        self.snapshot(side.to).check_active(side.to, to_index, what);
+        let (mt, to) = (self.snapshot(side.to), side.to);
+        let view = self.view(to, &mt);
+        let present = self
+            .neighbours(&side, from_index, &view)
+            .iter()
+            .any(|&(o, _)| o == to_index);
+        let edge = if side.forward {
+            (from_index, to_index)
+        } else {
+            (to_index, from_index)
+        };
+        let mut muts = side.pair.muts();
+        match (add, present) {
+            (true, false) => {
+                muts.removed.remove(&edge);
+                muts.added.insert(edge);
+                muts.added_rev.insert((edge.1, edge.0));
+                true
+            }
+            (false, true) => {
+                muts.added.remove(&edge);
+                muts.added_rev.remove(&(edge.1, edge.0));
+                muts.removed.insert(edge);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The `associationTypes` of one association, seen from `side.from`.
+    fn association_types(&self, side: &Side<'_>, from: usize, to: usize, generated: bool) -> Value {
+        let (a, b) = if side.forward { (from, to) } else { (to, from) };
+        let (unlabeled, primary, user) = association_type_ids(&side.from.name, &side.to.name);
+        let mut types =
+            vec![json!({"category": "HUBSPOT_DEFINED", "typeId": unlabeled, "label": null})];
+        if generated {
+            let h =
+                mix(self.cfg.seed ^ side.pair.key ^ mix(a as u64) ^ mix(b as u64).rotate_left(17));
+            if let Some(primary) = primary.filter(|_| h % 5 == 0) {
+                types.push(
+                    json!({"category": "HUBSPOT_DEFINED", "typeId": primary, "label": "Primary"}),
+                );
+            }
+            if let Some(user) = user.filter(|_| (h >> 8) % 4 == 0) {
+                types.push(
+                    json!({"category": "USER_DEFINED", "typeId": user, "label": "Decision maker"}),
+                );
+            }
+        }
+        Value::Array(types)
+    }
+
+    /// One association result page of `pos` (from the record with `to_id`
+    /// `start` on): the `to` entries and the cursor of the next page.
+    fn association_page(
+        &self,
+        side: &Side<'_>,
+        pos: usize,
+        to: &View<'_>,
+        start: u64,
+        limit: usize,
+    ) -> (Vec<Value>, Option<String>) {
+        let all = self.neighbours(side, pos, to);
+        let first = all.partition_point(|&(o, _)| ACTIVE_ID_BASE + (o as u64) < start);
+        let rest = &all[first..];
+        let page: Vec<Value> = rest
+            .iter()
+            .take(limit)
+            .map(|&(o, generated)| {
+                json!({
+                    "toObjectId": (ACTIVE_ID_BASE + o as u64).to_string(),
+                    "associationTypes": self.association_types(side, pos, o, generated),
+                })
+            })
+            .collect();
+        let next = rest
+            .get(limit)
+            .map(|&(o, _)| encode_cursor(ACTIVE_ID_BASE + o as u64));
+        (page, next)
+    }
+
+    /// The active position of a from id, if it is an active record.
+    fn active_position(&self, view: &View<'_>, id: &str) -> Option<usize> {
+        match id.trim().parse::<u64>().ok().and_then(|n| view.locate(n)) {
+            Some((false, pos, Life::Active)) => Some(pos),
+            _ => None,
+        }
+    }
+
+    fn association_batch_read(&self, req: &Request, from_type: &str, to_type: &str) -> Reply {
+        let started = Utc::now().timestamp_millis();
+        for t in [from_type, to_type] {
+            if self.resolve(t).is_none() {
+                return self.unknown_type(t);
+            }
+        }
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return self.invalid_json(&e),
+        };
+        let Some(inputs) = body.get("inputs").and_then(Value::as_array) else {
+            return self.bad_request("Invalid input JSON: 'inputs' must be an array");
+        };
+        if inputs.len() > ASSOCIATION_BATCH_MAX {
+            return self.bad_request(&format!(
+                "Batch read requests to the associations API may not exceed {ASSOCIATION_BATCH_MAX} inputs, got {}",
+                inputs.len()
+            ));
+        }
+        let mut parsed = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let id = match input.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return self.bad_request("Invalid input JSON: every input needs an 'id'"),
+            };
+            let start = match input.get("after").and_then(Value::as_str) {
+                None | Some("") => 0,
+                Some(after) => match decode_cursor(after) {
+                    Some(id) => id,
+                    None => {
+                        return self.bad_request(&format!(
+                            "Invalid input: '{after}' is not a valid paging cursor"
+                        ))
+                    }
+                },
+            };
+            parsed.push((id, start));
+        }
+        let fail_first = {
+            let mut st = self.state();
+            st.association_batches.push(parsed.len());
+            let fail = st.association_faults > 0 && !parsed.is_empty();
+            if fail {
+                st.association_faults -= 1;
+            }
+            fail
+        };
+        let side = self.assoc_side(from_type, to_type);
+        let (from, to) = match (self.resolve(from_type), self.resolve(to_type)) {
+            (Some(f), Some(t)) => (f, t),
+            _ => return self.not_found(),
+        };
+        let (mf, mt) = (self.snapshot(from), self.snapshot(to));
+        let (vf, vt) = (self.view(from, &mf), self.view(to, &mt));
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (k, (id, start)) in parsed.iter().enumerate() {
+            if fail_first && k == 0 {
+                errors.push(json!({
+                    "status": "error",
+                    "category": "INTERNAL_ERROR",
+                    "message": format!("Unable to fetch the associations of {} {id}. Please try again.", from.singular),
+                    "context": {"fromObjectId": [id]},
+                    "errors": [],
+                    "links": {},
+                }));
+                continue;
+            }
+            let page = match (&side, self.active_position(&vf, id)) {
+                (Some(side), Some(pos)) => Some((
+                    pos,
+                    self.association_page(side, pos, &vt, *start, ASSOCIATION_PAGE),
+                )),
+                _ => None,
+            };
+            match page {
+                Some((_, (to_entries, next))) if !to_entries.is_empty() => {
+                    let mut result = json!({"from": {"id": id}, "to": to_entries});
+                    if let (Some(after), Some(obj)) = (next, result.as_object_mut()) {
+                        obj.insert("paging".into(), json!({"next": {"after": after}}));
+                    }
+                    results.push(result);
+                }
+                _ => errors.push(json!({
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "subCategory": "crm.associations.NO_ASSOCIATIONS_FOUND",
+                    "message": format!("No {} is associated with {} {id}.", to.singular, from.singular),
+                    "context": {
+                        "fromObjectId": [id],
+                        "fromObjectType": [from.singular],
+                        "toObjectType": [to.singular],
+                    },
+                    "errors": [],
+                    "links": {},
+                })),
+            }
+        }
+        let mut out = json!({
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": iso(started),
+            "completedAt": iso(Utc::now().timestamp_millis()),
+        });
+        let status = if errors.is_empty() {
+            200
+        } else {
+            if let Some(obj) = out.as_object_mut() {
+                obj.insert("numErrors".into(), json!(errors.len()));
+                obj.insert("errors".into(), Value::Array(errors));
+            }
+            207
+        };
+        Reply::value(status, &out)
+    }
+
+    fn association_list(&self, req: &Request, from_type: &str, id: &str, to_type: &str) -> Reply {
+        for t in [from_type, to_type] {
+            if self.resolve(t).is_none() {
+                return self.unknown_type(t);
+            }
+        }
+        let query = Query::new(&req.url);
+        let limit = match self.parse_limit(&query, ASSOCIATION_PAGE as i64, ASSOCIATION_PAGE as i64)
+        {
+            Ok(l) => l,
+            Err(reply) => return reply,
+        };
+        let start = match query.get("after") {
+            None | Some("") => 0,
+            Some(after) => match decode_cursor(after) {
+                Some(id) => id,
+                None => {
+                    return self.bad_request(&format!(
+                        "Invalid input: '{after}' is not a valid paging cursor"
+                    ))
+                }
+            },
+        };
+        let (from, to) = match (self.resolve(from_type), self.resolve(to_type)) {
+            (Some(f), Some(t)) => (f, t),
+            _ => return self.not_found(),
+        };
+        let (mf, mt) = (self.snapshot(from), self.snapshot(to));
+        let (vf, vt) = (self.view(from, &mf), self.view(to, &mt));
+        let Some(pos) = self.active_position(&vf, id) else {
+            return self.not_found();
+        };
+        let (entries, next) = match self.assoc_side(from_type, to_type) {
+            Some(side) => self.association_page(&side, pos, &vt, start, limit),
+            None => (Vec::new(), None),
+        };
+        let mut out = json!({ "results": entries });
+        if let (Some(after), Some(obj)) = (next, out.as_object_mut()) {
+            let link = self.next_link(req, &after);
+            obj.insert(
+                "paging".into(),
+                json!({"next": {"after": after, "link": link}}),
+            );
+        }
+        Reply::value(200, &out)
     }
 
     // ----- errors -----
@@ -3081,6 +3710,8 @@ impl Inner {
                 }
             }
             Route::AccountDetails => self.account_details(),
+            Route::AssocBatchRead(f, t) => self.association_batch_read(req, f, t),
+            Route::AssocList(f, id, t) => self.association_list(req, f, id, t),
             Route::Token | Route::NotFound => self.not_found(),
         };
         reply.headers.extend(rate_headers);
@@ -5273,6 +5904,110 @@ mod tests {
         )
         .await;
         assert_eq!(resp.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn associations_batch_read_pages_and_lists_as_the_v4_spec() {
+        let mut cfg = FakeConfig::default();
+        cfg.objects
+            .insert("companies".into(), ObjectSeed::new(700, 0));
+        let fake = HubSpotFake::start(cfg).await;
+        let path = "/crm/v4/associations/contacts/companies/batch/read";
+        // Contact 1000 has 700 companies: a first page of 500 and a cursor.
+        let resp = post_json(
+            &fake,
+            path,
+            &json!({"inputs": [{"id": "1000"}, {"id": "999999"}]}),
+        )
+        .await;
+        assert_eq!(resp.status(), 207);
+        let v = body(resp).await;
+        assert_eq!(v["status"], "COMPLETE");
+        let r = &v["results"][0];
+        assert_eq!(r["from"]["id"], "1000");
+        assert_eq!(r["to"].as_array().expect("to").len(), 500);
+        assert_eq!(r["to"][0]["toObjectId"], "1000");
+        assert_eq!(r["to"][0]["associationTypes"][0]["typeId"], 279);
+        let after = r["paging"]["next"]["after"]
+            .as_str()
+            .expect("after")
+            .to_owned();
+        // An unknown id: 207 with NO_ASSOCIATIONS_FOUND, HubSpot's shape.
+        assert_eq!(v["numErrors"], 1);
+        let e = &v["errors"][0];
+        assert_eq!(e["category"], "OBJECT_NOT_FOUND");
+        assert_eq!(e["subCategory"], "crm.associations.NO_ASSOCIATIONS_FOUND");
+        assert_eq!(e["context"]["fromObjectId"][0], "999999");
+        // The second page, by `after` on the input.
+        let resp = post_json(
+            &fake,
+            path,
+            &json!({"inputs": [{"id": "1000", "after": after}]}),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let v = body(resp).await;
+        assert_eq!(v["results"][0]["to"].as_array().expect("to").len(), 200);
+        assert!(v["results"][0].get("paging").is_none());
+        // The reverse direction agrees, and the per-object list pages too.
+        let resp = get(
+            &fake,
+            "/crm/v4/objects/companies/1005/associations/contacts",
+            Some(PAT),
+        )
+        .await;
+        let v = body(resp).await;
+        let ids: Vec<&str> = v["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter_map(|r| r["toObjectId"].as_str())
+            .collect();
+        assert!(ids.contains(&"1000"), "{v}");
+        let truth: Vec<String> = fake
+            .associations("companies", "contacts")
+            .into_iter()
+            .filter(|(f, _)| f == "1005")
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(ids, truth);
+        let resp = get(
+            &fake,
+            "/crm/v4/objects/contacts/1000/associations/companies?limit=300",
+            Some(PAT),
+        )
+        .await;
+        let v = body(resp).await;
+        assert_eq!(v["results"].as_array().expect("results").len(), 300);
+        assert!(v["paging"]["next"]["after"].is_string());
+        // More than 1,000 inputs: 400.
+        let inputs: Vec<Value> = (0..1_001).map(|i| json!({"id": i.to_string()})).collect();
+        let resp = post_json(&fake, path, &json!({"inputs": inputs})).await;
+        assert_eq!(resp.status(), 400);
+        assert_error_body(&body(resp).await, "VALIDATION_ERROR");
+        // Archiving a company hides its associations; dissociate and
+        // associate change both directions.
+        assert!(fake
+            .associations("contacts", "companies")
+            .contains(&("1000".into(), "1003".into())));
+        fake.archive("companies", 3, 1_700_000_000_000);
+        assert!(!fake
+            .associations("contacts", "companies")
+            .contains(&("1000".into(), "1003".into())));
+        assert!(fake.dissociate("companies", 4, "contacts", 0));
+        assert!(!fake.dissociate("companies", 4, "contacts", 0));
+        assert!(!fake
+            .associations("contacts", "companies")
+            .contains(&("1000".into(), "1004".into())));
+        assert!(fake.associate("contacts", 0, "companies", 4));
+        assert!(fake
+            .associations("companies", "contacts")
+            .contains(&("1004".into(), "1000".into())));
+        assert_eq!(
+            fake.stats().association_batch_sizes,
+            vec![2, 1],
+            "the refused one is not served"
+        );
     }
 
     #[tokio::test]
