@@ -10,7 +10,7 @@ use headwater::auth::{
     AccessTokenSource, Callback, MemoryTokenStore, OAuthClient, OAuthConfig, TokenProvider,
     TokenSet, TokenStore,
 };
-use headwater::http::{Limits, RetryConfig};
+use headwater::http::{DailyLimit, Limits, RetryConfig};
 use headwater::hubspot::{HubSpot, HubSpotSource, PRIVATE_APP_LIMIT};
 use headwater::schema::FieldType;
 use headwater::source::{Page, Source};
@@ -557,7 +557,13 @@ async fn other_streams_owners_pipelines_and_any_object_type() {
             "tickets",
             "owners",
             "deal_pipelines",
-            "ticket_pipelines"
+            "ticket_pipelines",
+            "contacts_to_companies",
+            "contacts_to_deals",
+            "companies_to_deals",
+            "deals_to_tickets",
+            "contacts_to_tickets",
+            "companies_to_tickets",
         ]
     );
 }
@@ -917,4 +923,188 @@ async fn a_record_added_mid_window_shows_as_a_difference() {
     // cursor: this is the run that picks it up), plus the late one.
     assert_eq!((c[0].reported, c[0].loaded), (301, 302));
     assert!(!c[0].matches());
+}
+
+// ---------------------------------------------------------------------------
+// Plans, daily quotas, id listings
+// ---------------------------------------------------------------------------
+
+fn files_sink() -> (tempfile::TempDir, Arc<headwater::sinks::files::FilesSink>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(headwater::sinks::files::FilesSink::new(dir.path()).expect("sink"));
+    (dir, sink)
+}
+
+#[tokio::test]
+async fn the_plan_counts_the_calls_a_run_then_makes() {
+    use headwater::sync::Sync;
+    let fake = HubSpotFake::start(config(1_050)).await;
+    let (_dir, sink) = files_sink();
+    let source = Arc::new(HubSpotSource::new(client(&fake)).with_settle_lag(Duration::ZERO));
+    let streams = [
+        "contacts",
+        "companies",
+        "owners",
+        "deal_pipelines",
+        "contacts_to_companies",
+    ];
+    // Calls each estimate makes itself: one search for the object streams
+    // and the association stream (the from-type's total).
+    let own = [1, 1, 0, 0, 1];
+    let sync = Sync::new(source.clone(), sink.clone())
+        .tenant("acme")
+        .streams(streams);
+    let plan = sync.plan().await.expect("plan");
+    assert_eq!(plan.streams[0].records, Some(1_050));
+    assert_eq!(plan.streams[1].records, Some(60));
+    assert!(plan.streams.iter().all(|p| !p.incremental));
+    assert!(plan.streams[0]
+        .notes
+        .iter()
+        .any(|n| n.contains("archived records")));
+    let report = sync.run().await;
+    assert!(report.is_success(), "{report:#?}");
+    for ((p, s), own) in plan.streams.iter().zip(&report.streams).zip(own) {
+        assert_eq!(p.stream, s.stream);
+        assert_eq!(
+            p.requests - own,
+            s.requests.requests,
+            "{}: planned {p:#?}",
+            p.stream
+        );
+    }
+    // contacts: the properties, the search total, 11 pages, 1 archived page.
+    assert_eq!(report.streams[0].requests.requests, 14);
+    // contacts_to_companies: 11 id pages, 2 batch reads.
+    assert_eq!(report.streams[4].requests.requests, 13);
+
+    // The next run: incremental changes, associations not due.
+    fake.touch_many("contacts", 100..550, now_ms());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let plan = sync.plan().await.expect("plan");
+    let contacts = &plan.streams[0];
+    assert!(contacts.incremental);
+    assert_eq!(contacts.records, Some(450));
+    assert!(plan.streams[4].incremental);
+    assert_eq!(plan.streams[4].requests, 0, "associations are not due");
+    let report = sync.run().await;
+    assert!(report.is_success(), "{report:#?}");
+    for ((p, s), own) in plan.streams.iter().zip(&report.streams).zip(own) {
+        let own = if p.requests == 0 { 0 } else { own };
+        assert_eq!(p.requests - own, s.requests.requests, "{}", p.stream);
+    }
+    // contacts: the properties, 3 search pages (200, 200, 50), 1 archived page.
+    assert_eq!(report.streams[0].requests.requests, 5);
+    assert_eq!(report.streams[0].records, 450 + 3);
+    assert_eq!(
+        plan.requests,
+        plan.streams.iter().map(|p| p.requests).sum::<u64>()
+    );
+}
+
+#[tokio::test]
+async fn the_plan_takes_its_duration_from_the_clients_limits() {
+    use headwater::http::RateLimit;
+    let fake = HubSpotFake::start(config(1_050)).await;
+    let hs = HubSpot::builder()
+        .private_app_token(PAT.into())
+        .base_url(fake.uri())
+        .retry(fast_retry())
+        .limits(Limits::standard(PRIVATE_APP_LIMIT).with_search(RateLimit::per_second(4)))
+        .build()
+        .expect("client");
+    let source = HubSpotSource::new(hs);
+    let schema = source.schema("contacts").await.expect("schema");
+    let plan = source.plan(&schema, None).await.expect("plan");
+    assert_eq!(plan.requests, 15);
+    // The read's 14 calls, one every 10 s / 187 (the client's pace).
+    let want = Duration::from_secs(10) / 187 * 13;
+    assert_eq!(plan.min_duration, want, "{plan:#?}");
+    // A property list too long for a URL doubles the list calls.
+    let mut cfg = config(250);
+    cfg.custom_properties = 700;
+    let fake = HubSpotFake::start(cfg).await;
+    let source = HubSpotSource::new(client(&fake));
+    let schema = source.schema("contacts").await.expect("schema");
+    let plan = source.plan(&schema, None).await.expect("plan");
+    // Own search + properties + search total + 3 pages × 2 + the archived
+    // page × 2.
+    assert_eq!(plan.requests, 1 + 1 + 1 + 6 + 2, "{plan:#?}");
+    fake.reset_stats();
+    let _: Vec<Page> = source
+        .read(&schema, None)
+        .try_collect()
+        .await
+        .expect("read");
+    // The read itself (the properties call was made above).
+    assert_eq!(fake.stats().requests, plan.requests - 2);
+}
+
+#[tokio::test]
+async fn a_small_daily_limit_stops_the_client_before_hubspot_refuses() {
+    let mut cfg = config(1_050);
+    cfg.daily_limit = 8;
+    let fake = HubSpotFake::start(cfg).await;
+    let hs = HubSpot::builder()
+        .private_app_token(PAT.into())
+        .base_url(fake.uri())
+        .retry(fast_retry())
+        .limits(Limits::default())
+        .daily_limit(DailyLimit::utc(8))
+        .build()
+        .expect("client");
+    let source = HubSpotSource::new(hs);
+    let schema = source.schema("contacts").await.expect("schema");
+    let err = source
+        .read(&schema, None)
+        .try_collect::<Vec<Page>>()
+        .await
+        .expect_err("the quota runs out");
+    match &err {
+        Error::RateLimited {
+            daily: true,
+            retry_after: Some(wait),
+            ..
+        } => assert!(*wait <= Duration::from_secs(86_400), "{wait:?}"),
+        other => panic!("expected a daily stop, got {other}"),
+    }
+    assert_eq!(fake.stats().rate_limited, 0, "the client stopped itself");
+    assert_eq!(fake.stats().requests, 8);
+    let usage = source.daily_usage().expect("usage");
+    assert_eq!((usage.limit, usage.used, usage.remaining()), (8, 8, 0));
+    // A client that does not count: HubSpot's DAILY 429 stops it the same
+    // way, without retrying.
+    let err = client(&fake)
+        .pipelines("deals")
+        .await
+        .expect_err("hubspot refuses");
+    assert!(
+        matches!(err, Error::RateLimited { daily: true, .. }),
+        "{err}"
+    );
+    assert_eq!(fake.stats().rate_limited, 1);
+    assert!(client(&fake).stats().requests <= 1);
+}
+
+#[tokio::test]
+async fn read_ids_lists_the_live_ids_one_call_per_hundred() {
+    let fake = HubSpotFake::start(config(1_050)).await;
+    fake.archive("contacts", 7, now_ms());
+    fake.merge("contacts", 8, 9, now_ms());
+    let source = HubSpotSource::new(client(&fake));
+    let schema = source.schema("contacts").await.expect("schema");
+    fake.reset_stats();
+    let ids: Vec<String> = source.read_ids(&schema).try_concat().await.expect("ids");
+    assert_eq!(ids, fake.ids("contacts", false));
+    assert_eq!(ids.len(), 1_048);
+    let stats = fake.stats();
+    assert_eq!(stats.requests, 11);
+    assert_eq!(
+        stats.per_path.get("GET /crm/v3/objects/contacts"),
+        Some(&11)
+    );
+    // Other streams list their records' ids.
+    let owners = source.schema("owners").await.expect("owners");
+    let ids: Vec<String> = source.read_ids(&owners).try_concat().await.expect("ids");
+    assert_eq!(ids.len(), fake.config().owners);
 }

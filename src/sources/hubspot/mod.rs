@@ -31,7 +31,9 @@
 //! kept for incremental reads, since it cannot list archived records and has
 //! its own, lower rate limit.
 
+pub mod associations;
 mod models;
+mod plan;
 mod source;
 
 use std::marker::PhantomData;
@@ -44,6 +46,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub use associations::{
+    association_stream_name, AssociatedObject, Association, AssociationType, Associations,
+    DEFAULT_ASSOCIATIONS, DEFAULT_ASSOCIATION_REFRESH, MAX_ASSOCIATION_BATCH,
+};
 pub use models::{
     AccessTokenInfo, AccountDetails, Company, Contact, CrmObject, Deal, Owner, Pipeline,
     PipelineStage, PropertyDefinition, Ticket,
@@ -55,8 +61,8 @@ pub use source::{
 
 use crate::auth::{AccessTokenSource, StaticToken, TokenProvider};
 use crate::http::{
-    default_http_client, ApiClient, ApiRequest, Limits, RateLimit, RequestClass, RequestStats,
-    RetryConfig,
+    default_http_client, ApiClient, ApiRequest, DailyLimit, Limits, RateLimit, RequestClass,
+    RequestStats, RetryConfig,
 };
 use crate::paginate::{paginate, Paged};
 use crate::{Error, Result};
@@ -103,6 +109,7 @@ pub struct HubSpotBuilder {
     auth: Option<(Arc<dyn AccessTokenSource>, AuthKind)>,
     retry: Option<RetryConfig>,
     limits: Option<Limits>,
+    daily: Option<DailyLimit>,
     timeout: Option<Duration>,
 }
 
@@ -155,6 +162,25 @@ impl HubSpotBuilder {
         self
     }
 
+    /// The account's daily request quota, counted by the client: when it is
+    /// spent, calls fail at once with [`Error::RateLimited`] (`daily: true`,
+    /// `retry_after` = the time to the reset) instead of drawing 429s, so a
+    /// sync stops at a checkpoint and says when it can resume. The count
+    /// follows `HubSpot`'s `X-HubSpot-RateLimit-Daily-Remaining` header, so
+    /// calls made by other clients of the account are counted too.
+    ///
+    /// Private apps only: `HubSpot` documents 250,000 (Free, Starter) to
+    /// 1,000,000 (Enterprise) calls a day, plus 1,000,000 with the API limit
+    /// increase, the day starting at midnight in the account's time zone
+    /// (`DailyLimit::utc(650_000).with_reset_offset(offset)`; the offset is
+    /// `utcOffsetMilliseconds` in [`HubSpot::account`]'s details). OAuth apps
+    /// have no daily limit. Default: none (replaces the `daily` of
+    /// [`HubSpotBuilder::limits`]).
+    pub fn daily_limit(mut self, limit: DailyLimit) -> Self {
+        self.daily = Some(limit);
+        self
+    }
+
     /// Request timeout (default 60 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -171,7 +197,7 @@ impl HubSpotBuilder {
         let base = self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let base_url = Url::parse(base)
             .map_err(|e| Error::Config(format!("bad HubSpot base URL `{base}`: {e}")))?;
-        let limits = self.limits.unwrap_or(Limits {
+        let mut limits = self.limits.unwrap_or(Limits {
             standard: Some(match kind {
                 AuthKind::PrivateApp => PRIVATE_APP_LIMIT,
                 AuthKind::OAuth => OAUTH_APP_LIMIT,
@@ -179,6 +205,9 @@ impl HubSpotBuilder {
             search: Some(SEARCH_LIMIT),
             ..Limits::default()
         });
+        if let Some(daily) = self.daily {
+            limits.daily = Some(daily);
+        }
         let http = default_http_client(self.timeout.unwrap_or(Duration::from_secs(60)))?;
         let client = ApiClient::new(
             PROVIDER,
@@ -370,6 +399,22 @@ impl HubSpot {
         )
     }
 
+    /// Pages of the ids of the live records of `object_type`, starting after
+    /// `start`: an id-only listing (`properties=hs_object_id`), one call per
+    /// 100 ids.
+    pub fn id_pages(
+        &self,
+        object_type: &str,
+        start: Option<String>,
+    ) -> impl Stream<Item = Result<Paged<String, String>>> + Send + 'static {
+        self.objects(object_type)
+            .list()
+            .properties(["hs_object_id"])
+            .after(start)
+            .pages()
+            .map_ok(|p| Paged::new(p.items.into_iter().map(|o| o.id).collect(), p.next))
+    }
+
     /// Who is connected: for OAuth tokens the token's hub, user and scopes
     /// (`/oauth/v1/access-tokens/{token}`); for private apps the account
     /// details (`/account-info/v3/details`).
@@ -425,6 +470,13 @@ impl HubSpot {
         }
         Ok(info)
     }
+}
+
+/// True when `properties` do not fit a list call's URL, so a listing reads
+/// ids and then batch-reads them (see the module docs).
+pub(crate) fn needs_batch_read(properties: &[String]) -> bool {
+    let len: usize = properties.iter().map(|p| p.len() + 3).sum();
+    len > MAX_PROPERTIES_QUERY_LEN
 }
 
 /// Percent-encodes one path segment.
@@ -568,8 +620,7 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
     /// The pages, each with the cursor of the next. Uses the request plan
     /// with the fewest calls (see the module docs).
     pub fn pages(self) -> impl Stream<Item = Result<Paged<T, String>>> + Send + 'static {
-        let props_len: usize = self.properties.iter().map(|p| p.len() + 3).sum();
-        let plan_batch = props_len > MAX_PROPERTIES_QUERY_LEN;
+        let plan_batch = needs_batch_read(&self.properties);
         let what = format!(
             "{}{} list",
             self.object_type,

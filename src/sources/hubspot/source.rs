@@ -10,11 +10,13 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::associations::{association_schema, DEFAULT_ASSOCIATIONS, DEFAULT_ASSOCIATION_REFRESH};
+use super::plan::search_total;
 use super::{CrmObject, Filter, HubSpot, Operator, PropertyDefinition, MAX_SEARCH_LIMIT, PROVIDER};
-use crate::http::RequestStats;
+use crate::http::{DailyUsage, RequestStats};
 use crate::paginate::Paged;
 use crate::schema::{coerce, Catalog, Field, FieldType, StreamSchema};
-use crate::source::{AccountInfo, CountCheck, Page, Record, Source, StreamState};
+use crate::source::{AccountInfo, CountCheck, Page, Record, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
 /// The stream of CRM owners.
@@ -67,11 +69,13 @@ const SYSTEM_FIELDS: [&str; 6] = [
 /// [`crate::sync::verify`]).
 #[derive(Debug, Clone)]
 pub struct HubSpotSource {
-    hs: HubSpot,
+    pub(super) hs: HubSpot,
     object_types: Vec<String>,
     allow: HashMap<String, Vec<String>>,
-    include_archived: bool,
+    pub(super) include_archived: bool,
     settle_lag: std::time::Duration,
+    pub(super) associations: Vec<(String, String)>,
+    pub(super) association_refresh: std::time::Duration,
 }
 
 /// Where a CRM object or owners stream stands (the stream state).
@@ -91,7 +95,7 @@ pub struct HubSpotSource {
 /// began, and how many records were read from it so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
-enum Position {
+pub(super) enum Position {
     Active {
         after: Option<String>,
         #[serde(default)]
@@ -123,7 +127,7 @@ enum Position {
 }
 
 impl Position {
-    fn from_state(state: Option<StreamState>) -> Result<Self> {
+    pub(super) fn from_state(state: Option<StreamState>) -> Result<Self> {
         match state {
             None => Ok(Position::Active {
                 after: None,
@@ -333,7 +337,7 @@ impl Plan {
 
 /// The name of the last-modified property of an object schema, if it has
 /// one (`lastmodifieddate` for contacts, `hs_lastmodifieddate` for the rest).
-fn last_modified_property(schema: &StreamSchema) -> Option<&'static str> {
+pub(super) fn last_modified_property(schema: &StreamSchema) -> Option<&'static str> {
     ["hs_lastmodifieddate", "lastmodifieddate"]
         .into_iter()
         .find(|p| schema.field(p).is_some())
@@ -358,7 +362,11 @@ impl StepPage {
 }
 
 /// The filters of the window `lo..=hi` on `last_modified`, after `last_id`.
-fn window_filters(last_modified: &str, (lo, hi): (i64, i64), last_id: Option<&str>) -> Vec<Filter> {
+pub(super) fn window_filters(
+    last_modified: &str,
+    (lo, hi): (i64, i64),
+    last_id: Option<&str>,
+) -> Vec<Filter> {
     let mut filters = vec![Filter::between(
         last_modified,
         lo.to_string(),
@@ -418,29 +426,6 @@ fn changes(
     })
 }
 
-/// How many records of `object_type` `HubSpot` holds live, by a search of
-/// one result without filters (its `total`); `None` when the type cannot be
-/// searched (the listing then goes without a completeness check).
-async fn live_total(hs: &HubSpot, object_type: &str) -> Result<Option<u64>> {
-    let search = hs
-        .objects(object_type)
-        .search()
-        .properties(["hs_object_id"])
-        .limit(1);
-    match search.send().await {
-        Ok(page) => Ok(Some(page.total)),
-        Err(Error::Api { status, .. }) if matches!(status, 400 | 403 | 404) => {
-            tracing::debug!(
-                object_type,
-                status,
-                "no search total: no completeness check"
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// `ms` as an RFC 3339 time for messages.
 fn iso_ms(ms: i64) -> String {
     ts(DateTime::from_timestamp_millis(ms))
@@ -461,7 +446,37 @@ impl HubSpotSource {
             allow: HashMap::new(),
             include_archived: true,
             settle_lag: DEFAULT_SETTLE_LAG,
+            associations: DEFAULT_ASSOCIATIONS
+                .iter()
+                .map(|(f, t)| ((*f).to_owned(), (*t).to_owned()))
+                .collect(),
+            association_refresh: DEFAULT_ASSOCIATION_REFRESH,
         }
+    }
+
+    /// The association streams offered, as `(from, to)` object types
+    /// (default [`DEFAULT_ASSOCIATIONS`]; the stream of `(contacts,
+    /// companies)` is `contacts_to_companies`). An empty list offers none.
+    pub fn with_associations<I, S, T>(mut self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (S, T)>,
+        S: Into<String>,
+        T: Into<String>,
+    {
+        self.associations = pairs
+            .into_iter()
+            .map(|(f, t)| (f.into(), t.into()))
+            .collect();
+        self
+    }
+
+    /// How often association streams are read again (default 24 hours):
+    /// a run within this time of the last finished read of an association
+    /// stream reads nothing; a later one reads it in full, and the sinks
+    /// mark vanished associations deleted. See [`super::associations`].
+    pub fn with_association_refresh(mut self, every: std::time::Duration) -> Self {
+        self.association_refresh = every;
+        self
     }
 
     /// Adds CRM object types to `discover()` (`calls`, `notes`, `p_widgets`).
@@ -510,6 +525,14 @@ impl HubSpotSource {
         &self.hs
     }
 
+    /// True for a CRM object stream (not owners, pipelines or associations).
+    fn is_object_stream(&self, name: &str) -> bool {
+        !matches!(
+            name,
+            STREAM_OWNERS | STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES
+        ) && self.association(name).is_none()
+    }
+
     async fn object_schema(&self, object_type: &str) -> Result<StreamSchema> {
         let props = self.hs.properties(object_type).await?;
         let allow = self.allow.get(object_type);
@@ -548,13 +571,7 @@ impl HubSpotSource {
             Ok(p) => p,
             Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
         };
-        // Properties to request: the schema's fields less the system ones.
-        let props: Vec<String> = schema
-            .fields
-            .iter()
-            .filter(|f| f.source_type.is_some())
-            .map(|f| source_property_name(&f.name).to_owned())
-            .collect();
+        let props = request_properties(schema);
         let types = Arc::new(property_types(schema));
         let last_modified = last_modified_property(schema);
         let plan = Arc::new(Plan::new(
@@ -608,7 +625,7 @@ impl HubSpotSource {
                         if after.is_none() && tally.reported.is_none() && last_modified.is_some() {
                             let (hs, t) = (hs.clone(), object_type.clone());
                             futures::stream::once(async move {
-                                let total = live_total(&hs, &t).await?;
+                                let total = search_total(&hs, &t, None).await?;
                                 Ok(list.map_ok(move |mut p| {
                                     p.total = total;
                                     p
@@ -666,7 +683,7 @@ impl HubSpotSource {
         stop_after_error(pages).boxed()
     }
 
-    fn settle_lag_ms(&self) -> i64 {
+    pub(super) fn settle_lag_ms(&self) -> i64 {
         i64::try_from(self.settle_lag.as_millis()).unwrap_or(i64::MAX / 2)
     }
 
@@ -732,7 +749,7 @@ impl HubSpotSource {
 }
 
 /// Ends a stream after its first error.
-fn stop_after_error<S, T>(s: S) -> impl Stream<Item = Result<T>>
+pub(super) fn stop_after_error<S, T>(s: S) -> impl Stream<Item = Result<T>>
 where
     S: Stream<Item = Result<T>>,
 {
@@ -791,6 +808,17 @@ pub fn property_field_type(property_type: &str, field_type: &str) -> FieldType {
 fn ts(t: Option<DateTime<Utc>>) -> Value {
     t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
         .unwrap_or(Value::Null)
+}
+
+/// Properties to request for an object schema: its fields less the system
+/// ones.
+pub(super) fn request_properties(schema: &StreamSchema) -> Vec<String> {
+    schema
+        .fields
+        .iter()
+        .filter(|f| f.source_type.is_some())
+        .map(|f| source_property_name(&f.name).to_owned())
+        .collect()
 }
 
 /// The field type of each requested property of an object schema.
@@ -941,6 +969,11 @@ impl Source for HubSpotSource {
         streams.push(owners_schema());
         streams.push(pipelines_schema(STREAM_DEAL_PIPELINES));
         streams.push(pipelines_schema(STREAM_TICKET_PIPELINES));
+        streams.extend(
+            self.association_streams()
+                .iter()
+                .map(|n| association_schema(n)),
+        );
         Ok(Catalog::new(streams))
     }
 
@@ -948,6 +981,7 @@ impl Source for HubSpotSource {
         match stream {
             STREAM_OWNERS => Ok(owners_schema()),
             STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES => Ok(pipelines_schema(stream)),
+            a if self.association(a).is_some() => Ok(association_schema(a)),
             t if !t.is_empty()
                 && t.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
@@ -961,11 +995,10 @@ impl Source for HubSpotSource {
     }
 
     fn resumes_incrementally(&self, stream: &StreamSchema, completed: &StreamState) -> bool {
-        let is_object = !matches!(
-            stream.name.as_str(),
-            STREAM_OWNERS | STREAM_DEAL_PIPELINES | STREAM_TICKET_PIPELINES
-        );
-        is_object
+        if self.association(&stream.name).is_some() {
+            return self.association_fresh(completed);
+        }
+        self.is_object_stream(&stream.name)
             && last_modified_property(stream).is_some()
             && matches!(
                 Position::from_state(Some(completed.clone())),
@@ -982,12 +1015,56 @@ impl Source for HubSpotSource {
             STREAM_OWNERS => self.read_owners(state),
             STREAM_DEAL_PIPELINES => self.read_pipelines("deals"),
             STREAM_TICKET_PIPELINES => self.read_pipelines("tickets"),
-            _ => self.read_objects(stream, state),
+            name => match self.association(name) {
+                Some((from, to)) => self.read_associations(from, to, state),
+                None => self.read_objects(stream, state),
+            },
         }
     }
 
     fn request_stats(&self) -> RequestStats {
         self.hs.stats()
+    }
+
+    /// One search of one result counts what the read will see (the live
+    /// total, the window's total, the from-type's total for associations);
+    /// calls follow the read's request plan: list pages of 100 (two calls
+    /// each when the properties do not fit a URL), search pages of 200,
+    /// association batch reads of 1,000 ids. What `HubSpot` cannot count
+    /// (archived records, owners, associations per record) is counted at
+    /// its minimum and named in the notes. The duration is the client's
+    /// pace (its limiters) for the read's calls.
+    async fn plan(&self, stream: &StreamSchema, state: Option<&StreamState>) -> Result<StreamPlan> {
+        self.plan_stream(stream, state).await
+    }
+
+    /// CRM objects: an id-only listing (`properties=hs_object_id`, one call
+    /// per 100 live ids). Other streams: their records' ids.
+    fn read_ids<'a>(&'a self, stream: &'a StreamSchema) -> BoxStream<'a, Result<Vec<String>>> {
+        if self.is_object_stream(&stream.name) {
+            return self
+                .hs
+                .id_pages(&stream.name, None)
+                .map(|p| p.map(|p| p.items))
+                .boxed();
+        }
+        self.read(stream, None)
+            .map(|page| {
+                page.map(|p| {
+                    p.records
+                        .into_iter()
+                        .filter(|r| !r.deleted)
+                        .map(|r| r.id)
+                        .collect()
+                })
+            })
+            .boxed()
+    }
+
+    /// The client's count of today's calls against its daily limit (see
+    /// [`super::HubSpotBuilder::daily_limit`]).
+    fn daily_usage(&self) -> Option<DailyUsage> {
+        self.hs.api_client().daily_usage()
     }
 }
 
