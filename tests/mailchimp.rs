@@ -193,6 +193,24 @@ async fn every_stream_is_read_in_full_and_equals_the_fakes_truth() {
             schema.name
         );
     }
+    // The id listing (for verification) of members takes ids only.
+    let schema = source.schema(STREAM_LIST_MEMBERS).await.expect("schema");
+    fake.reset_stats();
+    let ids: Vec<String> = source
+        .read_ids(&schema)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("ids")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ids.len(), 1_525);
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), member_keys(&fake));
+    assert_eq!(
+        fake.stats().requests,
+        1 + 2 + 1 + 1,
+        "audiences, then 2 + 1 + 1 pages"
+    );
     // Members of every audience: one count check each, all reported.
     let members = read(&source, STREAM_LIST_MEMBERS, None)
         .await

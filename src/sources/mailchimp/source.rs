@@ -215,6 +215,14 @@ struct IdOnly {
     id: String,
 }
 
+/// A member's id and change time, for id listings.
+#[derive(Deserialize)]
+struct MemberId {
+    id: String,
+    #[serde(default, with = "super::models::opt_time")]
+    last_changed: Option<DateTime<Utc>>,
+}
+
 /// The ids of a collection (`lists`, `automations`), one request per 1000.
 async fn collection_ids(mc: &Mailchimp, path: &str, key: &'static str) -> Result<Vec<String>> {
     let mut req = ListRequest::<IdOnly>::new(mc.clone(), path.to_owned(), key)
@@ -1349,6 +1357,63 @@ impl Source for MailchimpSource {
 
     fn request_stats(&self) -> RequestStats {
         self.mc.stats()
+    }
+
+    fn read_ids<'a>(&'a self, stream: &'a StreamSchema) -> BoxStream<'a, Result<Vec<String>>> {
+        if stream.name != STREAM_LIST_MEMBERS {
+            return self
+                .read(stream, None)
+                .map_ok(|p| p.records.into_iter().map(|r| r.id).collect())
+                .boxed();
+        }
+        // Members: ids and times only, audience by audience, through the
+        // same windowed walk as a full read.
+        let mc = self.mc.clone();
+        let hi = self.upper_bound();
+        futures::stream::once(async move { audience_ids(&mc).await.map(|l| (mc, l)) })
+            .map_ok(move |(mc, lists)| {
+                futures::stream::iter(lists).flat_map(move |list_id| {
+                    let mc = mc.clone();
+                    futures::stream::unfold(Some(Window::new(None, hi)), move |window| {
+                        let (mc, list_id) = (mc.clone(), list_id.clone());
+                        async move {
+                            let mut window = window?;
+                            let page = window_page(
+                                |since| {
+                                    let mut r = ListRequest::<MemberId>::new(
+                                        mc.clone(),
+                                        format!("lists/{}/members", super::enc(&list_id)),
+                                        "members",
+                                    )
+                                    .param("fields", "members.id,members.last_changed,total_items")
+                                    .sort("last_changed", SortDir::Asc)
+                                    .time_filter("before_last_changed", time_of(hi));
+                                    if let Some(s) = since {
+                                        r = r.time_filter("since_last_changed", time_of(s));
+                                    }
+                                    r
+                                },
+                                &mut window,
+                                |m: &MemberId| (m.id.as_str(), secs(m.last_changed)),
+                            )
+                            .await;
+                            match page {
+                                Ok((ids, done)) => {
+                                    let ids = ids
+                                        .into_iter()
+                                        .map(|m| format!("{list_id}:{}", m.id))
+                                        .collect();
+                                    Some((Ok(ids), (!done).then_some(window)))
+                                }
+                                Err(Error::Api { status: 404, .. }) => None,
+                                Err(e) => Some((Err(e), None)),
+                            }
+                        }
+                    })
+                })
+            })
+            .try_flatten()
+            .boxed()
     }
 
     async fn plan(&self, stream: &StreamSchema, state: Option<&StreamState>) -> Result<StreamPlan> {
