@@ -272,6 +272,9 @@ fn change_fake(fake: &ConstantContactFake) {
     );
 }
 
+/// A record the fake holds: its key, and whether it is deleted.
+type Expected = (String, bool);
+
 /// The BigQuery tables hold exactly the fake's records.
 async fn verify(
     fake: &ConstantContactFake,
@@ -279,7 +282,7 @@ async fn verify(
     tenant: &str,
     streams: &[String],
 ) -> Result<(), common::BoxError> {
-    let checks: [(&str, &str, Vec<(String, bool)>); 3] = [
+    let checks: [(&str, &str, Vec<Expected>); 3] = [
         (
             STREAM_CONTACTS,
             "contact_id",

@@ -135,6 +135,11 @@ async fn every_stream_reads_exactly_what_the_fake_holds() {
     }
     let pages = read_all(&src, STREAM_CONTACTS).await.expect("contacts");
     assert_eq!(pages.len(), 3, "1,212 contacts in pages of 500");
+    // The listing's own count, checked against what was read, on the last page.
+    let checks: Vec<_> = pages.iter().flat_map(|p| p.counts.iter()).collect();
+    assert_eq!(checks.len(), 1);
+    assert_eq!((checks[0].reported, checks[0].loaded), (1_212, 1_212));
+    assert_eq!(pages[2].counts.len(), 1);
     let got = by_id(&records(&pages));
     let truth = fake.contacts(true);
     assert_eq!(got.len(), truth.len());
@@ -165,11 +170,9 @@ async fn every_stream_reads_exactly_what_the_fake_holds() {
             let got = &r.data[column.as_str()];
             match (values.get(fid.as_str()), kind) {
                 (None, _) => assert_eq!(got, &Value::Null, "{id} {column}"),
-                (Some(v), FieldType::Date) => assert_eq!(
-                    got.as_str().map(|g| date(g)),
-                    Some(date(v)),
-                    "{id} {column}"
-                ),
+                (Some(v), FieldType::Date) => {
+                    assert_eq!(got.as_str().map(date), Some(date(v)), "{id} {column}")
+                }
                 (Some(v), _) => assert_eq!(got, v, "{id} {column}"),
             }
         }
@@ -637,6 +640,11 @@ async fn throttled_answers_are_retried_and_a_spent_quota_is_not() {
         (3, 2, 1 + 1)
     );
 
+    // Server errors are retried the same way.
+    fake.fail_next(1, 503);
+    cc.account().await.expect("second attempt succeeds");
+    assert_eq!(cc.stats().retries, 3);
+
     // Many requests at once without a client-side limit: the fake's 4/s
     // throttle answers 429, and every request still gets through.
     fake.set_rate_limit(Some(4));
@@ -794,6 +802,12 @@ async fn a_spent_daily_quota_stops_at_a_checkpoint_and_the_next_day_resumes() {
     let contacts = &second.streams[1];
     assert!(contacts.resumed);
     assert_eq!(contacts.records, 12_040 - 18 * 500);
+    // The count covers the whole listing, across the stop.
+    assert_eq!(contacts.counts.len(), 1);
+    assert_eq!(
+        (contacts.counts[0].reported, contacts.counts[0].loaded),
+        (12_040, 12_040)
+    );
     // 7 pages left (25 in all) and the custom fields for the schema.
     assert_eq!(fake.stats().per_path["GET /v3/contacts"], 7);
     let got = rows(&sink, "acme", STREAM_CONTACTS, "contact_id");
@@ -852,6 +866,17 @@ async fn a_full_sync_then_an_incremental_one_into_files_has_every_change_once() 
         !report[STREAM_CAMPAIGN_SUMMARIES].incremental,
         "re-read in full"
     );
+    for r in first.streams.iter().chain(&second.streams) {
+        assert_eq!(r.count_mismatches().count(), 0, "{r:#?}");
+    }
+    assert_eq!(
+        report[STREAM_CONTACTS].counts.len(),
+        1,
+        "the window of changes"
+    );
+    // The window holds the update and the 3 new contacts; the delete came
+    // from the sweep.
+    assert_eq!(report[STREAM_CONTACTS].counts[0].reported, 1 + 3);
     assert_eq!(report[STREAM_CONTACTS].records, 2 + 3);
     assert_eq!(report[STREAM_EMAIL_CAMPAIGNS].records, 2);
     assert_eq!(

@@ -11,7 +11,7 @@
 //! | Method and path | Notes |
 //! |---|---|
 //! | `GET /v3/account/summary` | the account (`Customer`) |
-//! | `GET /v3/contact_lists` | `limit` 1–500 (default 50), `include_count` |
+//! | `GET /v3/contact_lists` | `limit` 1–1000 (the spec's maximum; its text says 1–500; default 50), `include_count`, `include_membership_count` |
 //! | `GET /v3/contacts` | `limit` 1–500 (default 50), `status` (`all`, `active`, `deleted`, …; default: not deleted), `updated_after`, `updated_before`, `include` (`custom_fields`, `list_memberships`, `taggings`), `include_count`, `segment_id` (202 first) |
 //! | `GET /v3/contact_custom_fields` | `limit` 1–100 (default 50) |
 //! | `GET /v3/emails` | `limit` 1–500 (default 50), `after_date`, `before_date` on `updated_at` |
@@ -1722,7 +1722,6 @@ impl Inner {
                 )
             }
         }
-        let scope_of = |codes_scope: &str| codes_scope.to_owned();
         let scope = match params.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
                 let code = params.get("code").cloned().unwrap_or_default();
@@ -1768,7 +1767,7 @@ impl Inner {
                     }
                 }
                 st.stats.code_exchanges += 1;
-                scope_of(&c.scopes)
+                c.scopes
             }
             Some("refresh_token") => {
                 let token = params.get("refresh_token").cloned().unwrap_or_default();

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::http::{DailyUsage, RequestStats};
 use crate::schema::{Catalog, Field, FieldType, StreamSchema};
-use crate::source::{AccountInfo, Page, Record, Source, StreamPlan, StreamState};
+use crate::source::{AccountInfo, CountCheck, Page, Record, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
 /// Contact lists (re-read in full every run).
@@ -104,19 +104,23 @@ pub struct ConstantContactSource {
 #[serde(rename_all = "snake_case", tag = "phase")]
 pub(super) enum Position {
     /// A full listing, at `next` (`None`: its first page), begun at
-    /// `started_ms`.
+    /// `started_ms`; `loaded` records read from it so far.
     Full {
         #[serde(default)]
         next: Option<String>,
         #[serde(default)]
         started_ms: Option<i64>,
+        #[serde(default)]
+        loaded: u64,
     },
-    /// The records changed in `lo..hi`, at `next`.
+    /// The records changed in `lo..hi`, at `next`; `loaded` read so far.
     Changes {
         lo: i64,
         hi: i64,
         #[serde(default)]
         next: Option<String>,
+        #[serde(default)]
+        loaded: u64,
     },
     /// The sweep of deleted contacts after the changes of `lo..hi`.
     Deleted {
@@ -160,6 +164,7 @@ impl Position {
             None => Ok(Position::Full {
                 next: None,
                 started_ms: None,
+                loaded: 0,
             }),
             Some(s) => serde_json::from_value(s.0)
                 .map_err(|e| Error::state("unreadable Constant Contact stream state", e)),
@@ -208,6 +213,8 @@ pub(super) struct Plan {
     pub(super) steps: Vec<Step>,
     pub(super) cursor_ms: Option<i64>,
     pub(super) started_ms: Option<i64>,
+    /// Records the first step had read before this read (a resume).
+    pub(super) loaded: u64,
 }
 
 impl Plan {
@@ -226,9 +233,14 @@ impl Plan {
             steps
         };
         Ok(match pos {
-            Position::Full { next, started_ms } => {
+            Position::Full {
+                next,
+                started_ms,
+                loaded,
+            } => {
                 let started = started_ms.unwrap_or(now_ms);
                 Plan {
+                    loaded,
                     steps: vec![Step::Full(next)],
                     cursor_ms: match kind {
                         Kind::Snapshot | Kind::Summaries { window_ms: None } => None,
@@ -238,12 +250,19 @@ impl Plan {
                     started_ms: Some(started),
                 }
             }
-            Position::Changes { lo, hi, next } => Plan {
+            Position::Changes {
+                lo,
+                hi,
+                next,
+                loaded,
+            } => Plan {
+                loaded,
                 steps: changes(lo, hi, next),
                 cursor_ms: Some(hi),
                 started_ms: None,
             },
             Position::Deleted { lo, hi, next } => Plan {
+                loaded: 0,
                 steps: vec![Step::Deleted { lo, hi, next }],
                 cursor_ms: Some(hi),
                 started_ms: None,
@@ -253,6 +272,7 @@ impl Plan {
                 started_ms,
                 next,
             } => Plan {
+                loaded: 0,
                 steps: vec![Step::Recent { since_ms, next }],
                 cursor_ms: Some(started_ms),
                 started_ms: Some(started_ms),
@@ -264,12 +284,14 @@ impl Plan {
                     let hi = now_ms - lag_ms;
                     if hi > lo {
                         Plan {
+                            loaded: 0,
                             steps: changes(lo, hi, None),
                             cursor_ms: Some(hi),
                             started_ms: None,
                         }
                     } else {
                         Plan {
+                            loaded: 0,
                             steps: Vec::new(),
                             cursor_ms: Some(lo),
                             started_ms: None,
@@ -277,6 +299,7 @@ impl Plan {
                     }
                 }
                 Kind::Summaries { window_ms: Some(w) } => Plan {
+                    loaded: 0,
                     steps: vec![Step::Recent {
                         since_ms: now_ms - w,
                         next: None,
@@ -285,12 +308,14 @@ impl Plan {
                     started_ms: Some(now_ms),
                 },
                 _ => Plan {
+                    loaded: 0,
                     steps: Vec::new(),
                     cursor_ms: Some(lo),
                     started_ms: None,
                 },
             },
             Position::Done { cursor_ms: None } => Plan {
+                loaded: 0,
                 steps: Vec::new(),
                 cursor_ms: None,
                 started_ms: None,
@@ -304,17 +329,20 @@ impl Plan {
         })
     }
 
-    /// The position after a page of step `i` whose next link is `next`.
-    fn after_page(&self, i: usize, next: Option<String>) -> Position {
+    /// The position after a page of step `i` whose next link is `next`,
+    /// `loaded` records read from the step so far.
+    fn after_page(&self, i: usize, next: Option<String>, loaded: u64) -> Position {
         match (&self.steps[i], next) {
             (Step::Full(_), Some(n)) => Position::Full {
                 next: Some(n),
                 started_ms: self.started_ms,
+                loaded,
             },
             (Step::Changes { lo, hi, .. }, Some(n)) => Position::Changes {
                 lo: *lo,
                 hi: *hi,
                 next: Some(n),
+                loaded,
             },
             (Step::Deleted { lo, hi, .. }, Some(n)) => Position::Deleted {
                 lo: *lo,
@@ -330,16 +358,27 @@ impl Plan {
         }
     }
 
+    /// Records step `i` had read when this read began.
+    fn loaded_at_start(&self, i: usize) -> u64 {
+        if i == 0 {
+            self.loaded
+        } else {
+            0
+        }
+    }
+
     fn start_of(&self, i: usize) -> Position {
         match self.steps.get(i) {
             Some(Step::Full(next)) => Position::Full {
                 next: next.clone(),
                 started_ms: self.started_ms,
+                loaded: self.loaded_at_start(i),
             },
             Some(Step::Changes { lo, hi, next }) => Position::Changes {
                 lo: *lo,
                 hi: *hi,
                 next: next.clone(),
+                loaded: self.loaded_at_start(i),
             },
             Some(Step::Deleted { lo, hi, next }) => Position::Deleted {
                 lo: *lo,
@@ -507,19 +546,27 @@ fn failed<'a, T: Send + 'a>(e: Error) -> BoxStream<'a, Result<T>> {
 
 /// The pages of one step as engine pages: `convert` turns the items into
 /// records and says when the step is over before its last page (a trailing
-/// window reached its end).
+/// window reached its end). With `count` (the step's scope, in words), the
+/// listing is asked for its total and the step's last page carries the
+/// completeness check: the total against the records read.
 fn step_pages<T, F>(
     req: ListRequest<T>,
     plan: Arc<Plan>,
     i: usize,
+    count: Option<String>,
     convert: F,
 ) -> BoxStream<'static, Result<Page>>
 where
     T: Listed,
     F: Fn(Vec<T>) -> (Vec<Record>, bool) + Send + 'static,
 {
+    let req = match (&count, T::COUNT_KEY) {
+        (Some(_), Some(_)) => req.param("include_count", "true"),
+        _ => req,
+    };
+    let loaded = plan.loaded_at_start(i);
     req.pages()
-        .scan(false, move |stopped, r| {
+        .scan((false, loaded), move |(stopped, loaded), r| {
             let out = if *stopped {
                 None
             } else {
@@ -527,8 +574,16 @@ where
                     Ok(p) => {
                         let (records, stop) = convert(p.items);
                         *stopped = stop;
+                        *loaded += records.len() as u64;
                         let next = if stop { None } else { p.next };
-                        Ok(Page::new(records, plan.after_page(i, next).to_state()))
+                        let last = next.is_none();
+                        let page = Page::new(records, plan.after_page(i, next, *loaded).to_state());
+                        Ok(match (&count, p.count) {
+                            (Some(scope), Some(reported)) if last => {
+                                page.with_count(CountCheck::new(scope.clone(), reported, *loaded))
+                            }
+                            _ => page,
+                        })
                     }
                     Err(e) => {
                         *stopped = true;
@@ -807,21 +862,30 @@ impl ConstantContactSource {
                 run_plan(plan.clone(), move |plan, i, step| {
                     let columns = columns.clone();
                     let base = cc.contacts().include(CONTACT_INCLUDE);
-                    let (req, window) = match step {
-                        Step::Full(next) => (base.status("all").start_at(next), None),
+                    let (req, window, scope) = match step {
+                        Step::Full(next) => (
+                            base.status("all").start_at(next),
+                            None,
+                            Some("contacts, status=all".to_owned()),
+                        ),
                         Step::Changes { lo, hi, next } => (
                             base.status("all")
                                 .updated_after(ms_to_time(lo - OVERLAP_MS))
                                 .updated_before(ms_to_time(hi))
                                 .start_at(next),
                             None,
+                            Some(format!(
+                                "contacts, status=all, updated in ({}, {})",
+                                ms_to_time(lo - OVERLAP_MS).to_rfc3339(),
+                                ms_to_time(hi).to_rfc3339()
+                            )),
                         ),
                         Step::Deleted { lo, hi, next } => {
-                            (base.status("deleted").start_at(next), Some((lo, hi)))
+                            (base.status("deleted").start_at(next), Some((lo, hi)), None)
                         }
                         Step::Recent { .. } => return futures::stream::empty().boxed(),
                     };
-                    step_pages(req, plan, i, move |items| {
+                    step_pages(req, plan, i, scope, move |items| {
                         let records = items
                             .into_iter()
                             .filter(|c| match window {
@@ -852,13 +916,16 @@ impl ConstantContactSource {
         let lists = stream == STREAM_CONTACT_LISTS;
         run_plan(plan, move |plan, i, step| match step {
             Step::Full(next) if lists => {
-                step_pages(cc.contact_lists().start_at(next), plan, i, |items| {
+                let scope = Some("contact_lists".to_owned());
+                step_pages(cc.contact_lists().start_at(next), plan, i, scope, |items| {
                     (items.into_iter().map(list_record).collect(), false)
                 })
             }
-            Step::Full(next) => step_pages(cc.custom_fields().start_at(next), plan, i, |items| {
-                (items.into_iter().map(custom_field_record).collect(), false)
-            }),
+            Step::Full(next) => {
+                step_pages(cc.custom_fields().start_at(next), plan, i, None, |items| {
+                    (items.into_iter().map(custom_field_record).collect(), false)
+                })
+            }
             _ => futures::stream::empty().boxed(),
         })
     }
@@ -879,7 +946,7 @@ impl ConstantContactSource {
                     .start_at(next),
                 _ => return futures::stream::empty().boxed(),
             };
-            step_pages(req, plan, i, |items| {
+            step_pages(req, plan, i, None, |items| {
                 (items.into_iter().map(campaign_record).collect(), false)
             })
         })
@@ -892,15 +959,18 @@ impl ConstantContactSource {
         };
         let cc = self.cc.clone();
         run_plan(plan, move |plan, i, step| match step {
-            Step::Full(next) => {
-                step_pages(cc.campaign_summaries().start_at(next), plan, i, |items| {
-                    (items.into_iter().map(summary_record).collect(), false)
-                })
-            }
+            Step::Full(next) => step_pages(
+                cc.campaign_summaries().start_at(next),
+                plan,
+                i,
+                None,
+                |items| (items.into_iter().map(summary_record).collect(), false),
+            ),
             Step::Recent { since_ms, next } => step_pages(
                 cc.campaign_summaries().start_at(next),
                 plan,
                 i,
+                None,
                 move |items| {
                     // Newest send first: the first older one ends the window.
                     let old = |s: &CampaignSummary| {
@@ -1268,30 +1338,35 @@ mod tests {
         .expect("plan");
         assert_eq!(plan.steps, vec![Step::Full(None)]);
         assert_eq!(
-            plan.after_page(0, Some("/v3/contacts?cursor=a".into())),
+            plan.after_page(0, Some("/v3/contacts?cursor=a".into()), 500),
             Position::Full {
                 next: Some("/v3/contacts?cursor=a".into()),
-                started_ms: Some(10_000)
+                started_ms: Some(10_000),
+                loaded: 500
             }
         );
         assert_eq!(
-            plan.after_page(0, None),
+            plan.after_page(0, None, 700),
             Position::Done {
                 cursor_ms: Some(9_000)
             }
         );
-        // A resumed full read keeps its start time.
+        // A resumed full read keeps its start time and what it had read.
         let resumed = Plan::new(
             kind,
             Position::Full {
                 next: Some("x".into()),
                 started_ms: Some(10_000),
+                loaded: 500,
             },
             99_000,
             LAG,
         )
         .expect("plan");
-        assert_eq!(resumed.cursor_ms, Some(9_000));
+        assert_eq!(
+            (resumed.cursor_ms, resumed.loaded_at_start(0)),
+            (Some(9_000), 500)
+        );
 
         // Incremental: a fixed window, then the sweep of deletes.
         let inc = Plan::new(
@@ -1319,7 +1394,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            inc.after_page(0, None),
+            inc.after_page(0, None, 3),
             Position::Deleted {
                 lo: 9_000,
                 hi: 59_000,
@@ -1327,7 +1402,7 @@ mod tests {
             }
         );
         assert_eq!(
-            inc.after_page(1, None),
+            inc.after_page(1, None, 0),
             Position::Done {
                 cursor_ms: Some(59_000)
             }
@@ -1354,6 +1429,7 @@ mod tests {
             lo: 1,
             hi: 2,
             next: Some("/v3/contacts?cursor=b".into()),
+            loaded: 9,
         };
         assert_eq!(Position::from_state(Some(p.to_state())).expect("state"), p);
         assert!(
@@ -1383,7 +1459,10 @@ mod tests {
             LAG,
         )
         .expect("plan");
-        assert_eq!(full.after_page(0, None), Position::Done { cursor_ms: None });
+        assert_eq!(
+            full.after_page(0, None, 0),
+            Position::Done { cursor_ms: None }
+        );
         let windowed = Kind::Summaries {
             window_ms: Some(20_000),
         };
@@ -1404,7 +1483,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            next.after_page(0, None),
+            next.after_page(0, None, 0),
             Position::Done {
                 cursor_ms: Some(50_000)
             }
