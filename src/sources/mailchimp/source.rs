@@ -233,6 +233,22 @@ async fn collection_ids(mc: &Mailchimp, path: &str, key: &'static str) -> Result
     req.stream().map_ok(|a| a.id).try_collect().await
 }
 
+/// `total_items` of a collection under time filters, in one small request.
+async fn count_of(
+    mc: &Mailchimp,
+    path: &str,
+    key: &'static str,
+    filters: &[(&str, DateTime<Utc>)],
+) -> Result<u64> {
+    let mut req = ListRequest::<IdOnly>::new(mc.clone(), path.to_owned(), key)
+        .count(1)
+        .param("fields", format!("total_items,{key}.id"));
+    for (name, t) in filters {
+        req = req.time_filter(name, *t);
+    }
+    Ok(req.send().await?.total_items.unwrap_or(0))
+}
+
 /// The ids of every audience, in creation order.
 async fn audience_ids(mc: &Mailchimp) -> Result<Vec<String>> {
     collection_ids(mc, "lists", "lists").await
@@ -1431,16 +1447,12 @@ impl Source for MailchimpSource {
                 let mut records = 0;
                 let mut requests = 1;
                 for list_id in audience_ids(&self.mc).await? {
-                    let mut req = self
-                        .mc
-                        .members(&list_id)
-                        .count(1)
-                        .param("fields", "total_items")
-                        .time_filter("before_last_changed", hi);
+                    let mut filters = vec![("before_last_changed", hi)];
                     if let Some(c) = cursors.get(&list_id) {
-                        req = req.time_filter("since_last_changed", time_of(c - 1));
+                        filters.push(("since_last_changed", time_of(c - 1)));
                     }
-                    let n = req.send().await?.total_items.unwrap_or(0);
+                    let path = format!("lists/{}/members", super::enc(&list_id));
+                    let n = count_of(&self.mc, &path, "members", &filters).await?;
                     records += n;
                     requests += pages(n);
                 }
@@ -1449,25 +1461,16 @@ impl Source for MailchimpSource {
             }
             STREAM_CAMPAIGNS | STREAM_REPORTS => {
                 let n = if stream.name == STREAM_CAMPAIGNS {
-                    self.mc
-                        .campaigns()
-                        .count(1)
-                        .param("fields", "total_items")
-                        .time_filter("before_create_time", hi)
-                        .send()
-                        .await?
-                        .total_items
+                    count_of(
+                        &self.mc,
+                        "campaigns",
+                        "campaigns",
+                        &[("before_create_time", hi)],
+                    )
+                    .await?
                 } else {
-                    self.mc
-                        .reports()
-                        .count(1)
-                        .param("fields", "total_items")
-                        .time_filter("before_send_time", hi)
-                        .send()
-                        .await?
-                        .total_items
-                }
-                .unwrap_or(0);
+                    count_of(&self.mc, "reports", "reports", &[("before_send_time", hi)]).await?
+                };
                 plan.records = Some(n);
                 plan.requests = pages(n);
                 if plan.incremental {
