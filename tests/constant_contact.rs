@@ -926,6 +926,13 @@ async fn a_full_sync_then_an_incremental_one_into_files_has_every_change_once() 
         rows(&sink, "acme", STREAM_CONTACT_LISTS, "list_id").len(),
         fake.lists().len()
     );
+    // An id-only listing of the live contacts agrees with the files.
+    let src = source(&fake);
+    let v = headwater::sync::verify(&src, sink.as_ref(), "acme", STREAM_CONTACTS)
+        .await
+        .expect("verify");
+    assert!(v.is_exact(), "{v:?}");
+    assert_eq!(v.source_count as usize, fake.contact_ids(false).len());
 }
 
 #[tokio::test]
