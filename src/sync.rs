@@ -332,16 +332,16 @@ impl Sync {
         };
         // A grant found revoked stops the streams not yet started: they
         // would fail the same way, each spending another refresh attempt.
-        let revoked: Mutex<Option<Arc<Error>>> = Mutex::new(None);
+        let revoked: Arc<Mutex<Option<Arc<Error>>>> = Arc::default();
         let mut reports: Vec<(usize, StreamReport)> =
-            futures::stream::iter(streams.iter().enumerate())
+            futures::stream::iter(streams.into_iter().enumerate())
                 .map(|(i, stream)| {
-                    let revoked = &revoked;
+                    let revoked = revoked.clone();
                     async move {
                         let known = revoked.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         let r = match known {
-                            Some(e) => self.skipped(stream, e),
-                            None => self.run_stream(stream).await,
+                            Some(e) => self.skipped(&stream, e),
+                            None => self.run_stream(&stream).await,
                         };
                         if r.needs_reauthorization() {
                             let mut g = revoked.lock().unwrap_or_else(|p| p.into_inner());
@@ -662,14 +662,32 @@ impl Sync {
 /// Each [`Sync`] brings its own source, so each tenant has its own token
 /// provider and rate limiters: a busy account never spends another's quota.
 /// A tenant's failure (a revoked token, repeated 5xx) is in its own report
-/// and does not stop the others.
+/// and does not stop the others. Each tenant runs as its own task on the
+/// Tokio runtime, so tenants spread over its worker threads (must be called
+/// within a runtime); a tenant whose task panics is reported failed.
 pub async fn run_tenants<I>(syncs: I, concurrency: usize) -> Vec<SyncReport>
 where
     I: IntoIterator<Item = Sync>,
 {
     let mut reports: Vec<(usize, SyncReport)> =
         futures::stream::iter(syncs.into_iter().enumerate())
-            .map(|(i, sync)| async move { (i, sync.run().await) })
+            .map(|(i, sync)| async move {
+                let tenant = sync.tenant.clone();
+                let started_at = Utc::now();
+                let report = match tokio::spawn(async move { sync.run().await }).await {
+                    Ok(report) => report,
+                    Err(e) => SyncReport {
+                        tenant,
+                        streams: Vec::new(),
+                        started_at,
+                        duration: Duration::ZERO,
+                        error: Some(Arc::new(Error::Config(format!(
+                            "the tenant's sync task failed: {e}"
+                        )))),
+                    },
+                };
+                (i, report)
+            })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;

@@ -1,0 +1,218 @@
+//! How close syncs come to HubSpot's rate-limit ceiling.
+//!
+//! Against the HubSpot fake with 100 ms of latency on every response and
+//! HubSpot's rolling 10-second window enforced (190 requests per 10 s per
+//! portal, answered 429 beyond it):
+//!
+//! 1. one portal, four streams at once (contacts, companies, deals,
+//!    tickets): requests per 10 s used against the 190 allowed, averaged over
+//!    the whole sync and in its busiest window;
+//! 2. many portals at once (default 50), each with its own limiters and its
+//!    own window at the fake: total requests per second against the portals'
+//!    summed ceiling.
+//!
+//! Every run must see zero 429s. Records go to a sink that only counts them,
+//! so the figures are the source side's (client, limiter, fake).
+//!
+//! ```text
+//! cargo bench --all-features --bench ceiling            # 1 portal, then 50
+//! HW_CEILING_PORTALS=20 HW_CEILING_PAGES=60 cargo bench --all-features --bench ceiling
+//! ```
+//! `HW_CEILING_PAGES` is the pages per stream (default 150 for one portal,
+//! 40 for each of the many). Each portal gets a fake server of its own (the
+//! fake answers on one thread per server); `HW_CEILING_ONE_SERVER=1` puts
+//! all portals on one server, which then caps the run at what one thread
+//! can generate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use headwater::hubspot::{HubSpot, HubSpotSource, PRIVATE_APP_LIMIT};
+use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+use headwater::sync::{run_tenants, Sync, SyncReport};
+use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, ObjectSeed};
+
+const STREAMS: [&str; 4] = ["contacts", "companies", "deals", "tickets"];
+const LATENCY: Duration = Duration::from_millis(100);
+
+/// Counts records and keeps the last checkpoint per stream in memory.
+#[derive(Debug, Default)]
+struct CountingSink {
+    records: AtomicU64,
+    state: std::sync::Mutex<std::collections::HashMap<(String, String), Checkpoint>>,
+}
+
+#[async_trait]
+impl Sink for CountingSink {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    async fn prepare(&self, _ctx: &StreamContext) -> headwater::Result<()> {
+        Ok(())
+    }
+    async fn write(&self, batch: Batch) -> headwater::Result<()> {
+        self.records
+            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    async fn commit(&self, cp: &Checkpoint) -> headwater::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert((cp.tenant.clone(), cp.stream.clone()), cp.clone());
+        Ok(())
+    }
+    async fn load_state(
+        &self,
+        tenant: &str,
+        stream: &str,
+    ) -> headwater::Result<Option<Checkpoint>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(s.get(&(tenant.to_owned(), stream.to_owned())).cloned())
+    }
+}
+
+fn portal_config(i: usize, pages: usize) -> FakeConfig {
+    let mut c = FakeConfig::for_portal(i);
+    c.custom_properties = 0;
+    for s in STREAMS {
+        c.objects.insert(s.into(), ObjectSeed::new(pages * 100, 0));
+    }
+    c.rate_limit = Some(FakeRateLimit::private_app());
+    c.latency = LATENCY;
+    c
+}
+
+fn sync_of(fake: &HubSpotFake, sink: &Arc<CountingSink>) -> Sync {
+    let token = fake.private_app_token().expect("a private-app token");
+    let hubspot = HubSpot::builder()
+        .private_app_token(token.into())
+        .base_url(fake.uri())
+        .build()
+        .expect("client");
+    Sync::new(Arc::new(HubSpotSource::new(hubspot)), sink.clone())
+        .tenant(format!("portal-{}", fake.hub_id()))
+        .streams(STREAMS)
+        .stream_concurrency(STREAMS.len())
+        .full_refresh(true)
+}
+
+struct Outcome {
+    requests: u64,
+    rate_limited: u64,
+    records: u64,
+    elapsed: Duration,
+}
+
+fn outcome(reports: &[SyncReport], elapsed: Duration) -> Outcome {
+    for r in reports {
+        assert!(r.is_success(), "{r:#?}");
+    }
+    let streams = reports.iter().flat_map(|r| &r.streams);
+    let (mut requests, mut limited, mut records) = (0, 0, 0);
+    for s in streams {
+        requests += s.requests.requests;
+        limited += s.requests.rate_limited;
+        records += s.records;
+    }
+    Outcome {
+        requests,
+        rate_limited: limited,
+        records,
+        elapsed,
+    }
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ceiling_per_s = f64::from(PRIVATE_APP_LIMIT.requests) / PRIVATE_APP_LIMIT.per.as_secs_f64();
+    let quick = std::env::args().any(|a| a == "--test");
+
+    // 1. One portal, four streams at once.
+    let pages = env_usize("HW_CEILING_PAGES").unwrap_or(if quick { 5 } else { 150 });
+    let one = rt.block_on(async {
+        let fake = HubSpotFake::start(portal_config(0, pages)).await;
+        let sink = Arc::new(CountingSink::default());
+        let start = Instant::now();
+        let reports = run_tenants([sync_of(&fake, &sink)], 1).await;
+        let o = outcome(&reports, start.elapsed());
+        (o, fake.stats())
+    });
+    let (o, stats) = one;
+    let rate = o.requests as f64 / o.elapsed.as_secs_f64();
+    println!(
+        "one portal: {} requests, {} records in {:.1} s = {:.2} requests/s of {:.1} allowed: \
+         {:.1}% of the ceiling over the whole sync; busiest 10 s window {} of 190 ({:.1}%); \
+         429s: {} seen by the client, {} sent by the fake",
+        o.requests,
+        o.records,
+        o.elapsed.as_secs_f64(),
+        rate,
+        ceiling_per_s,
+        100.0 * rate / ceiling_per_s,
+        stats.max_in_window,
+        100.0 * f64::from(stats.max_in_window) / 190.0,
+        o.rate_limited,
+        stats.rate_limited
+    );
+    assert_eq!(stats.rate_limited, 0, "429s against one portal");
+
+    // 2. Many portals at once.
+    let portals = env_usize("HW_CEILING_PORTALS").unwrap_or(if quick { 3 } else { 50 });
+    let pages = env_usize("HW_CEILING_PAGES").unwrap_or(if quick { 3 } else { 40 });
+    let (o, limited, busiest) = rt.block_on(async {
+        // The fake answers on one thread per server; one server for 50
+        // portals would be the bottleneck at ~800 requests/s (it generates
+        // 100 records per page), so by default each portal gets its own.
+        let fakes: Vec<HubSpotFake> = if std::env::var_os("HW_CEILING_ONE_SERVER").is_some() {
+            let fake =
+                HubSpotFake::start_portals((0..portals).map(|i| portal_config(i, pages)).collect())
+                    .await;
+            (0..portals).map(|i| fake.portal(i)).collect()
+        } else {
+            let mut fakes = Vec::with_capacity(portals);
+            for i in 0..portals {
+                fakes.push(HubSpotFake::start(portal_config(i, pages)).await);
+            }
+            fakes
+        };
+        let sink = Arc::new(CountingSink::default());
+        let syncs: Vec<Sync> = fakes.iter().map(|f| sync_of(f, &sink)).collect();
+        let start = Instant::now();
+        let reports = run_tenants(syncs, portals).await;
+        let o = outcome(&reports, start.elapsed());
+        let stats: Vec<_> = fakes.iter().map(HubSpotFake::stats).collect();
+        let limited: u64 = stats.iter().map(|s| s.rate_limited).sum();
+        let busiest = stats.iter().map(|s| s.max_in_window).max().unwrap_or(0);
+        (o, limited, busiest)
+    });
+    let rate = o.requests as f64 / o.elapsed.as_secs_f64();
+    let ceiling = ceiling_per_s * portals as f64;
+    println!(
+        "{portals} portals at once: {} requests, {} records in {:.1} s = {:.1} requests/s of \
+         {:.1} allowed ({portals} x {:.1}): {:.1}% of the summed ceiling; busiest portal window \
+         {} of 190; 429s: {} seen by the clients, {} sent by the fake",
+        o.requests,
+        o.records,
+        o.elapsed.as_secs_f64(),
+        rate,
+        ceiling,
+        ceiling_per_s,
+        100.0 * rate / ceiling,
+        busiest,
+        o.rate_limited,
+        limited
+    );
+    assert_eq!(limited, 0, "429s across portals");
+}
