@@ -88,8 +88,8 @@ async fn a_full_sync_writes_every_record_with_its_metadata() {
     assert_eq!(contacts.pages, 9);
     assert_eq!(
         contacts.requests.requests,
-        9 + 1,
-        "9 list pages and the properties call"
+        9 + 1 + 1,
+        "9 list pages, the properties call and the completeness count"
     );
     let rows = lines(&sink.data_path("acme", "contacts"));
     assert_eq!(ids_once(&rows), truth(&fake, "contacts"));
@@ -671,7 +671,8 @@ async fn a_spent_daily_quota_stops_at_a_checkpoint_says_when_to_resume_and_resum
     let fake = fake(1_050, 10).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
-    // The properties call and five pages, then the quota is spent.
+    // The properties call, the completeness count and four pages, then the
+    // quota is spent.
     let limited = source_with_limits(&fake, Limits::default().with_daily(DailyLimit::utc(6)));
     let first = Sync::new(limited.clone(), sink.clone())
         .tenant("acme")
@@ -687,7 +688,7 @@ async fn a_spent_daily_quota_stops_at_a_checkpoint_says_when_to_resume_and_resum
         ),
         "{s:#?}"
     );
-    assert_eq!(s.records, 500);
+    assert_eq!(s.records, 400);
     assert_eq!(s.requests.requests, 6);
     let resume_at = first.resume_at().expect("when to resume");
     let tomorrow = chrono::Utc::now().date_naive().succ_opt().expect("date");
@@ -706,7 +707,7 @@ async fn a_spent_daily_quota_stops_at_a_checkpoint_says_when_to_resume_and_resum
         .await;
     assert!(second.is_success(), "{second:#?}");
     assert!(second.streams[0].resumed);
-    assert_eq!(second.streams[0].records, 560);
+    assert_eq!(second.streams[0].records, 660);
     assert_eq!(
         ids_once(&lines(&sink.data_path("acme", "contacts"))),
         truth(&fake, "contacts")
@@ -733,10 +734,10 @@ async fn progress_reports_retries_and_limiter_waits_and_reports_count_them() {
     assert!(report.is_success(), "{report:#?}");
     let s = &report.streams[0];
     assert_eq!(s.requests.retries, 2);
-    // The properties call, 3 pages of 100 live contacts, 1 archived page,
-    // and the 2 retried attempts.
-    assert_eq!(s.requests.requests, 7);
-    assert_eq!(fake.stats().requests, 7);
+    // The properties call, the completeness count, 3 pages of 100 live
+    // contacts, 1 archived page, and the 2 retried attempts.
+    assert_eq!(s.requests.requests, 8);
+    assert_eq!(fake.stats().requests, 8);
     let events = events.lock().expect("lock");
     let retries: Vec<_> = events
         .iter()
@@ -766,7 +767,7 @@ async fn progress_reports_retries_and_limiter_waits_and_reports_count_them() {
         .collect();
     assert!(
         throttled.len() >= 4,
-        "most of 7 requests wait ~200 ms: {throttled:?}"
+        "most of 8 requests wait ~200 ms: {throttled:?}"
     );
     assert!(throttled.iter().all(|w| *w >= Sync::THROTTLE_EVENT_MIN));
     assert!(s.requests.limiter_wait >= throttled.iter().sum::<Duration>());
