@@ -975,6 +975,11 @@ async fn the_plan_counts_the_calls_a_run_then_makes() {
     }
     // contacts: the properties, the search total, 11 pages, 1 archived page.
     assert_eq!(report.streams[0].requests.requests, 14);
+    // The completeness check reaches the report.
+    let counts = &report.streams[0].counts;
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!((counts[0].reported, counts[0].loaded), (1_050, 1_050));
+    assert_eq!(report.streams[0].count_mismatches().count(), 0);
     // contacts_to_companies: 11 id pages, 2 batch reads.
     assert_eq!(report.streams[4].requests.requests, 13);
 

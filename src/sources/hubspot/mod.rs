@@ -30,6 +30,15 @@
 //! The search endpoint (one call per 200 records, properties in the body) is
 //! kept for incremental reads, since it cannot list archived records and has
 //! its own, lower rate limit.
+//!
+//! # Associations, plans, quotas
+//! [`associations`] reads the associations between records in batches of
+//! 1,000 through the v4 API; [`HubSpotSource`] offers them as streams
+//! (`contacts_to_companies`, …) read again on a schedule. Before a sync,
+//! `Source::plan` says how many calls it will make and how long the
+//! client's limits make it take; [`HubSpotBuilder::daily_limit`] makes the
+//! client count a private app's daily quota and stop cleanly when it is
+//! spent.
 
 pub mod associations;
 mod models;
