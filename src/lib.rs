@@ -35,19 +35,27 @@
 //! - [`source::Source`]: a provider as the engine sees it: `check()`,
 //!   `discover()` of typed [`schema::StreamSchema`]s, `read()` of a stream as
 //!   pages, each with the checkpoint valid once its records are stored.
-//!   [`hubspot::HubSpotSource`] implements it on the typed SDK
-//!   [`hubspot::HubSpot`].
+//!   [`hubspot::HubSpotSource`], [`mailchimp::MailchimpSource`] and
+//!   [`constant_contact::ConstantContactSource`] implement it on their
+//!   typed SDKs.
 //! - [`http::ApiClient`]: the one HTTP client of every provider (rate
 //!   limits, retries, token refresh on 401, typed errors).
 //! - [`auth`]: OAuth 2.0 connect, [`auth::TokenProvider`] and token stores.
-//! - [`paginate::paginate`]: cursor pagination as a `futures::Stream`.
+//! - [`paginate::paginate`]: cursor pagination as a `futures::Stream`
+//!   (and [`paginate::paginate_offset`] for count/offset APIs).
 //! - [`sink::Sink`]: where records land; [`sinks::files::FilesSink`] is the
 //!   embedded default.
-//! - [`sync::Sync`]: the engine joining them.
+//! - [`sync::Sync`]: the engine joining them: checkpoints, resume,
+//!   incremental runs, many tenants at once ([`sync::run_tenants`]),
+//!   progress events, quota plans ([`sync::Sync::plan`]) and
+//!   [`sync::verify`].
 //! - `testkit` (feature `testkit`): provider fakes for tests.
 //!
 //! ## Features
-//! `hubspot` and `files` (default), `testkit`.
+//! Default: `hubspot`, `mailchimp`, `constant-contact` (the sources) and
+//! `files` (the embedded sink). Optional: `postgres`, `object-store` (S3,
+//! GCS, local disk), `bigquery` (the warehouse sinks), `schedule` (cron
+//! schedules in time zones) and `testkit` (provider fakes).
 #![warn(missing_docs)]
 
 pub mod auth;

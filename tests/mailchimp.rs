@@ -1137,8 +1137,6 @@ async fn plans_count_what_a_sync_will_read() {
 }
 
 #[tokio::test]
-#[ignore = "the shared OAuth client (oauth2's StandardTokenResponse) requires `token_type`; \
-            un-ignore once src/auth/oauth.rs defaults a missing one to bearer"]
 async fn a_token_answer_without_token_type_as_mailchimp_documents_it() {
     // Mailchimp's older documentation shows the token answer as
     // `{access_token, expires_in: 0, scope: null}`, without `token_type`.
@@ -1165,4 +1163,5 @@ async fn a_token_answer_without_token_type_as_mailchimp_documents_it() {
         .await
         .expect("a token answer without token_type is still a token");
     assert!(tokens.access_token.is_some() && tokens.refresh_token.is_none());
+    assert_eq!(tokens.expires_at, None, "`expires_in: 0` never expires");
 }

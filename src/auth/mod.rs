@@ -5,7 +5,7 @@
 mod oauth;
 mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,6 +238,9 @@ struct ProviderInner {
     refresh_lock: tokio::sync::Mutex<()>,
     margin: Duration,
     refreshes: AtomicU64,
+    /// The tokens in memory could not be saved yet (the store failed after
+    /// a refresh spent the old refresh token): saved before any is used.
+    unsaved: AtomicBool,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -265,6 +268,20 @@ impl TokenProvider {
     ) -> Result<Self> {
         let key = key.into();
         let tokens = match store.load(&key).await? {
+            // A connection marked for re-authorization, given a new grant
+            // (a refresh token from configuration that is not the refused
+            // one): the new grant wins.
+            Some(stored)
+                if stored.needs_reauthorization()
+                    && seed.as_ref().is_some_and(|s| {
+                        s.refresh_token.is_some()
+                            && !same_secret(&s.refresh_token, &stored.refresh_token)
+                    }) =>
+            {
+                let seed = seed.unwrap_or_default();
+                store.save(&key, &seed).await?;
+                seed
+            }
             Some(stored) => stored,
             None => match seed {
                 Some(seed) => {
@@ -289,6 +306,7 @@ impl TokenProvider {
                 refresh_lock: tokio::sync::Mutex::new(()),
                 margin: Duration::from_secs(300),
                 refreshes: AtomicU64::new(0),
+                unsaved: AtomicBool::new(false),
             }),
         })
     }
@@ -384,10 +402,15 @@ impl TokenProvider {
             fresh.refresh_token = Some(refresh_token);
         }
         self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
-        // Persist first: the old refresh token may already be spent.
+        // Persist first: the old refresh token may already be spent. If the
+        // store fails, the new tokens are kept in memory (the old ones are
+        // dead) but none is handed out until a save succeeds.
         let saved = self.inner.store.save(&self.inner.key, &fresh).await;
         let access = fresh.access_token.clone();
         *self.write() = fresh;
+        if saved.is_err() {
+            self.inner.unsaved.store(true, Ordering::SeqCst);
+        }
         saved?;
         tracing::debug!(key = %self.inner.key, "access token refreshed");
         access.ok_or_else(|| Error::Auth {
@@ -402,6 +425,14 @@ impl TokenProvider {
 impl AccessTokenSource for TokenProvider {
     async fn access_token(&self) -> Result<SecretString> {
         let margin = self.inner.margin;
+        if self.inner.unsaved.load(Ordering::SeqCst) {
+            let _guard = self.inner.refresh_lock.lock().await;
+            if self.inner.unsaved.load(Ordering::SeqCst) {
+                let current = self.read().clone();
+                self.inner.store.save(&self.inner.key, &current).await?;
+                self.inner.unsaved.store(false, Ordering::SeqCst);
+            }
+        }
         {
             let cur = self.read();
             if let Some(r) = &cur.reauthorization {

@@ -415,8 +415,10 @@ impl OAuthClient {
                 refresh_token: resp
                     .refresh_token()
                     .map(|r| SecretString::from(r.secret().clone())),
+                // `expires_in: 0` (Mailchimp) means the token never expires.
                 expires_at: resp
                     .expires_in()
+                    .filter(|d| !d.is_zero())
                     .and_then(|d| chrono::Duration::from_std(d).ok())
                     .map(|d| Utc::now() + d),
                 scopes: resp
@@ -560,20 +562,48 @@ async fn token_http(
                 .bytes()
                 .await
                 .map_err(|e| TokenHttpError(error_chain(&e)))?;
+            let body = if status.is_success() {
+                with_token_type(body.to_vec())
+            } else {
+                body.to_vec()
+            };
             let mut out = http::Response::builder().status(status);
             if let Some(h) = out.headers_mut() {
                 *h = headers;
             }
-            return out
-                .body(body.to_vec())
-                .map_err(|e| TokenHttpError(e.to_string()));
+            return out.body(body).map_err(|e| TokenHttpError(e.to_string()));
         }
+    }
+}
+
+/// A token answer without `token_type` (Mailchimp's
+/// `{access_token, expires_in: 0, scope: null}`) gets `"bearer"`, which RFC
+/// 6749 makes the only type a bearer API can mean; the `oauth2` crate
+/// requires the field.
+fn with_token_type(body: Vec<u8>) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut map)) if !map.contains_key("token_type") => {
+            map.insert("token_type".into(), "bearer".into());
+            serde_json::to_vec(&map).unwrap_or(body)
+        }
+        _ => body,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_answer_without_a_type_is_a_bearer_token() {
+        let fixed =
+            with_token_type(br#"{"access_token":"a","expires_in":0,"scope":null}"#.to_vec());
+        let v: serde_json::Value = serde_json::from_slice(&fixed).expect("json");
+        assert_eq!(v["token_type"], "bearer");
+        let kept = with_token_type(br#"{"access_token":"a","token_type":"Bearer"}"#.to_vec());
+        assert!(String::from_utf8_lossy(&kept).contains("\"Bearer\""));
+        assert_eq!(with_token_type(b"not json".to_vec()), b"not json".to_vec());
+    }
 
     #[test]
     fn authorize_url_carries_scopes_state_and_pkce() {

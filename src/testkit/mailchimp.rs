@@ -41,9 +41,8 @@
 //! ([`MailchimpFake::member_ids`], [`MailchimpFake::campaign_ids`], …) give
 //! tests what the fake serves.
 //!
-//! Member ids are subscriber hashes of the lower-cased email. Mailchimp uses
-//! MD5; this fake uses a 128-bit FNV stand-in with the same shape (32 hex
-//! digits) until an MD5 implementation is a dependency of the crate.
+//! Member ids are subscriber hashes: the MD5 of the lower-cased email, in
+//! hex, as Mailchimp computes them.
 //!
 //! # Changing records
 //!
@@ -360,14 +359,7 @@ fn fnv(bytes: &[u8], basis: u64) -> u64 {
     h
 }
 
-/// The fake's subscriber hash of an email: 32 hex digits from the
-/// lower-cased address (Mailchimp: MD5; see the module docs).
-pub fn subscriber_hash(email: &str) -> String {
-    let lower = email.trim().to_lowercase();
-    let a = fnv(lower.as_bytes(), 0xCBF2_9CE4_8422_2325);
-    let b = fnv(lower.as_bytes(), 0x6C62_272E_07BB_0142);
-    format!("{:016x}{:016x}", mix(a), mix(b))
-}
+pub use crate::mailchimp::subscriber_hash;
 
 fn iso(t: i64) -> String {
     DateTime::from_timestamp(t, 0)

@@ -31,7 +31,15 @@
 //! Available fakes:
 //!
 //! - [`hubspot`]: HubSpot CRM v3 objects (list, batch read, search),
-//!   properties, owners, pipelines, OAuth v1 tokens and account details.
+//!   associations v4, properties, owners, pipelines, OAuth v1 tokens and
+//!   account details; several portals on one server.
+//! - [`mailchimp`]: Mailchimp Marketing API 3.0 (audiences, members with
+//!   time filters, campaigns, reports, automations), problem+json errors,
+//!   the 10-connection limit, OAuth token and metadata endpoints.
+//! - [`constant_contact`]: Constant Contact v3 (contact lists, contacts,
+//!   custom fields, email campaigns and activities, summaries), cursor
+//!   links, the 4/s throttle and daily quota with their 429 bodies, PKCE
+//!   and rotating refresh tokens.
 
 pub mod constant_contact;
 pub mod hubspot;

@@ -73,6 +73,17 @@ use crate::http::{default_http_client, ApiClient, Limits, RequestStats, RetryCon
 use crate::paginate::{paginate_offset, OffsetPage, Paged};
 use crate::{Error, Result};
 
+/// The subscriber hash that addresses a member of an audience, as
+/// Mailchimp computes it: the MD5 of the lower-cased email, in lower-case
+/// hex (`lists/{list_id}/members/{subscriber_hash}`).
+pub fn subscriber_hash(email: &str) -> String {
+    use md5::Digest;
+    format!(
+        "{:x}",
+        md5::Md5::digest(email.trim().to_lowercase().as_bytes())
+    )
+}
+
 /// The provider name used in errors and records.
 pub const PROVIDER: &str = "mailchimp";
 /// The API's address for every account, as Mailchimp now documents it.
@@ -733,6 +744,16 @@ async fn fetch_page<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscriber_hashes_are_the_md5_of_the_lower_cased_email() {
+        // RFC 1321's test vector for "abc".
+        assert_eq!(subscriber_hash(" ABC "), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            subscriber_hash("Urist.McVankab@freddiesjokes.com"),
+            subscriber_hash("urist.mcvankab@freddiesjokes.com")
+        );
+    }
 
     #[test]
     fn api_keys_route_to_their_data_centre() {
