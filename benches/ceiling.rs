@@ -18,8 +18,10 @@
 //! cargo bench --all-features --bench ceiling            # 1 portal, then 50
 //! HW_CEILING_PORTALS=20 HW_CEILING_PAGES=60 cargo bench --all-features --bench ceiling
 //! ```
-//! `HW_CEILING_PAGES` is the pages per stream (default 150 for one portal,
-//! 40 for each of the many). Each portal gets a fake server of its own (the
+//! `HW_CEILING_PAGES` is the pages of 100 records per stream (default 150,
+//! about 33 s of reading at the ceiling: the first second, when every
+//! stream reads its schema and counts, and the last, when one stream is
+//! left, weigh less in a longer run). Each portal gets a fake server of its own (the
 //! fake answers on one thread per server); `HW_CEILING_ONE_SERVER=1` puts
 //! all portals on one server, which then caps the run at what one thread
 //! can generate.
@@ -83,18 +85,48 @@ fn portal_config(i: usize, pages: usize) -> FakeConfig {
     c
 }
 
-fn sync_of(fake: &HubSpotFake, sink: &Arc<CountingSink>) -> Sync {
+/// Properties read per stream: all of them, or a few (smaller pages, so the
+/// fake and the client spend less CPU per request).
+#[derive(Clone, Copy, PartialEq)]
+enum Props {
+    All,
+    Few,
+}
+
+fn sync_of(fake: &HubSpotFake, sink: &Arc<CountingSink>, props: Props) -> Sync {
     let token = fake.private_app_token().expect("a private-app token");
     let hubspot = HubSpot::builder()
         .private_app_token(token.into())
         .base_url(fake.uri())
         .build()
         .expect("client");
-    Sync::new(Arc::new(HubSpotSource::new(hubspot)), sink.clone())
+    let mut source = HubSpotSource::new(hubspot);
+    if props == Props::Few {
+        for s in STREAMS {
+            source =
+                source.with_properties(s, ["hs_object_id", "hs_lastmodifieddate", "createdate"]);
+        }
+    }
+    Sync::new(Arc::new(source), sink.clone())
         .tenant(format!("portal-{}", fake.hub_id()))
         .streams(STREAMS)
         .stream_concurrency(STREAMS.len())
         .full_refresh(true)
+}
+
+/// CPU time of this process so far (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 struct Outcome {
@@ -145,7 +177,7 @@ fn main() {
         let fake = HubSpotFake::start(portal_config(0, pages)).await;
         let sink = Arc::new(CountingSink::default());
         let start = Instant::now();
-        let reports = run_tenants([sync_of(&fake, &sink)], 1).await;
+        let reports = run_tenants([sync_of(&fake, &sink, Props::All)], 1).await;
         let o = outcome(&reports, start.elapsed());
         (o, fake.stats())
     });
@@ -168,51 +200,69 @@ fn main() {
     );
     assert_eq!(stats.rate_limited, 0, "429s against one portal");
 
-    // 2. Many portals at once.
+    // 2. Many portals at once, with every property and with a few.
     let portals = env_usize("HW_CEILING_PORTALS").unwrap_or(if quick { 3 } else { 50 });
-    let pages = env_usize("HW_CEILING_PAGES").unwrap_or(if quick { 3 } else { 40 });
-    let (o, limited, busiest) = rt.block_on(async {
-        // The fake answers on one thread per server; one server for 50
-        // portals would be the bottleneck at ~800 requests/s (it generates
-        // 100 records per page), so by default each portal gets its own.
-        let fakes: Vec<HubSpotFake> = if std::env::var_os("HW_CEILING_ONE_SERVER").is_some() {
-            let fake =
-                HubSpotFake::start_portals((0..portals).map(|i| portal_config(i, pages)).collect())
-                    .await;
-            (0..portals).map(|i| fake.portal(i)).collect()
-        } else {
-            let mut fakes = Vec::with_capacity(portals);
-            for i in 0..portals {
-                fakes.push(HubSpotFake::start(portal_config(i, pages)).await);
-            }
-            fakes
-        };
-        let sink = Arc::new(CountingSink::default());
-        let syncs: Vec<Sync> = fakes.iter().map(|f| sync_of(f, &sink)).collect();
-        let start = Instant::now();
-        let reports = run_tenants(syncs, portals).await;
-        let o = outcome(&reports, start.elapsed());
-        let stats: Vec<_> = fakes.iter().map(HubSpotFake::stats).collect();
-        let limited: u64 = stats.iter().map(|s| s.rate_limited).sum();
-        let busiest = stats.iter().map(|s| s.max_in_window).max().unwrap_or(0);
-        (o, limited, busiest)
-    });
-    let rate = o.requests as f64 / o.elapsed.as_secs_f64();
-    let ceiling = ceiling_per_s * portals as f64;
-    println!(
-        "{portals} portals at once: {} requests, {} records in {:.1} s = {:.1} requests/s of \
-         {:.1} allowed ({portals} x {:.1}): {:.1}% of the summed ceiling; busiest portal window \
-         {} of 190; 429s: {} seen by the clients, {} sent by the fake",
-        o.requests,
-        o.records,
-        o.elapsed.as_secs_f64(),
-        rate,
-        ceiling,
-        ceiling_per_s,
-        100.0 * rate / ceiling,
-        busiest,
-        o.rate_limited,
-        limited
-    );
+    let pages = env_usize("HW_CEILING_PAGES").unwrap_or(if quick { 3 } else { 150 });
+    let mut limited = 0;
+    for props in [Props::Few, Props::All] {
+        let cpu_before = cpu_time();
+        let (o, lim, busiest) = rt.block_on(many(portals, pages, props));
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        limited += lim;
+        let rate = o.requests as f64 / o.elapsed.as_secs_f64();
+        let ceiling = ceiling_per_s * portals as f64;
+        println!(
+            "{portals} portals at once, {}: {} requests, {} records in {:.1} s = {:.1} \
+             requests/s of {:.1} allowed ({portals} x {:.1}): {:.1}% of the summed ceiling; \
+             busiest portal window {} of 190; CPU {:.1} s = {:.0} CPU-µs per request (client and \
+             fake, {:.0}% of the machine's cores); 429s: {} seen by the clients, {} sent by the fake",
+            match props {
+                Props::Few => "3 properties per record",
+                Props::All => "every property",
+            },
+            o.requests,
+            o.records,
+            o.elapsed.as_secs_f64(),
+            rate,
+            ceiling,
+            ceiling_per_s,
+            100.0 * rate / ceiling,
+            busiest,
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / o.requests as f64,
+            100.0 * cpu.as_secs_f64()
+                / (o.elapsed.as_secs_f64()
+                    * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)),
+            o.rate_limited,
+            lim
+        );
+    }
     assert_eq!(limited, 0, "429s across portals");
+}
+
+async fn many(portals: usize, pages: usize, props: Props) -> (Outcome, u64, u32) {
+    // The fake answers on one thread per server; one server for 50 portals
+    // would be the bottleneck (it generates 100 records per page), so by
+    // default each portal gets its own.
+    let fakes: Vec<HubSpotFake> = if std::env::var_os("HW_CEILING_ONE_SERVER").is_some() {
+        let fake =
+            HubSpotFake::start_portals((0..portals).map(|i| portal_config(i, pages)).collect())
+                .await;
+        (0..portals).map(|i| fake.portal(i)).collect()
+    } else {
+        let mut fakes = Vec::with_capacity(portals);
+        for i in 0..portals {
+            fakes.push(HubSpotFake::start(portal_config(i, pages)).await);
+        }
+        fakes
+    };
+    let sink = Arc::new(CountingSink::default());
+    let syncs: Vec<Sync> = fakes.iter().map(|f| sync_of(f, &sink, props)).collect();
+    let start = Instant::now();
+    let reports = run_tenants(syncs, portals).await;
+    let o = outcome(&reports, start.elapsed());
+    let stats: Vec<_> = fakes.iter().map(HubSpotFake::stats).collect();
+    let limited: u64 = stats.iter().map(|s| s.rate_limited).sum();
+    let busiest = stats.iter().map(|s| s.max_in_window).max().unwrap_or(0);
+    (o, limited, busiest)
 }

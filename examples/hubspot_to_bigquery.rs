@@ -19,7 +19,6 @@ mod common;
 
 use std::sync::Arc;
 
-
 #[derive(Default)]
 struct Dest {
     project: Option<String>,
