@@ -204,7 +204,7 @@ async fn sync(
         report
             .streams
             .iter()
-            .filter(|s| s.incremental)
+            .filter(|s| s.is_incremental())
             .map(|s| s.stream.as_str())
             .collect::<Vec<_>>()
             .join(", ")

@@ -81,6 +81,45 @@ pub enum Progress {
     StreamFailed(StreamReport),
 }
 
+/// How a stream was read, and for a full read, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadMode {
+    /// Only what changed since the last finished sync (or, resumed, the
+    /// rest of an interrupted incremental read).
+    Incremental,
+    /// In full: the sink holds no finished sync of the stream.
+    FirstSync,
+    /// In full: the caller asked for it ([`Sync::full_refresh`]).
+    FullRefresh,
+    /// In full although a finished sync exists: the source cannot read only
+    /// this stream's changes (no change filter, such as HubSpot owners and
+    /// pipelines, or association tables that are due for their re-read), so
+    /// the engine fell back to a full listing.
+    FullListing,
+    /// In full: the rest of an interrupted full read, from its checkpoint.
+    ResumedFull,
+}
+
+impl ReadMode {
+    /// True for every mode that reads the stream in full.
+    pub fn is_full(self) -> bool {
+        self != ReadMode::Incremental
+    }
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadMode::Incremental => "changes only",
+            ReadMode::FirstSync => "full (first sync)",
+            ReadMode::FullRefresh => "full (refresh asked)",
+            ReadMode::FullListing => "full (the source cannot read only changes)",
+            ReadMode::ResumedFull => "full (resumed)",
+        })
+    }
+}
+
 /// What happened to one stream.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -93,8 +132,8 @@ pub struct StreamReport {
     pub sync_id: Option<Uuid>,
     /// True when this run resumed an interrupted one.
     pub resumed: bool,
-    /// True when this run read only changes since the last one.
-    pub incremental: bool,
+    /// How the stream was read: only its changes, or in full and why.
+    pub mode: ReadMode,
     /// Records written in this run.
     pub records: u64,
     /// Pages read in this run.
@@ -116,6 +155,11 @@ pub struct StreamReport {
 }
 
 impl StreamReport {
+    /// True when this run read only what changed since the last one.
+    pub fn is_incremental(&self) -> bool {
+        self.mode == ReadMode::Incremental
+    }
+
     /// The completeness checks where what was read differs from what the
     /// provider reported.
     pub fn count_mismatches(&self) -> impl Iterator<Item = &CountCheck> {
@@ -372,7 +416,7 @@ impl Sync {
             stream: stream.to_owned(),
             sync_id: None,
             resumed: false,
-            incremental: false,
+            mode: ReadMode::FirstSync,
             records: 0,
             pages: 0,
             requests: RequestStats::default(),
@@ -495,25 +539,38 @@ impl Sync {
         // An unfinished run is resumed as it was (full or incremental); a
         // finished one is followed by an incremental run where the source
         // can read only changes, else by a full refresh.
-        let (resume, state, full_refresh) = match previous {
+        let (resume, state, mode) = match previous {
             Some(cp) if !cp.complete => {
-                let (state, full) = (Some(cp.state.clone()), cp.full_refresh);
-                (Some(cp), state, full)
+                let mode = if cp.full_refresh {
+                    ReadMode::ResumedFull
+                } else {
+                    ReadMode::Incremental
+                };
+                let state = Some(cp.state.clone());
+                (Some(cp), state, mode)
             }
-            Some(cp)
-                if !self.full_refresh && self.source.resumes_incrementally(&schema, &cp.state) =>
-            {
-                (None, Some(cp.state), false)
+            Some(_) if self.full_refresh => (None, None, ReadMode::FullRefresh),
+            Some(cp) if self.source.resumes_incrementally(&schema, &cp.state) => {
+                (None, Some(cp.state), ReadMode::Incremental)
             }
-            _ => (None, None, true),
+            Some(_) => {
+                tracing::info!(
+                    tenant = %tenant,
+                    stream,
+                    "the source cannot read only this stream's changes: reading it in full"
+                );
+                (None, None, ReadMode::FullListing)
+            }
+            None => (None, None, ReadMode::FirstSync),
         };
+        let full_refresh = mode.is_full();
         let (sync_id, started_at, base) = match &resume {
             Some(cp) => (cp.sync_id, cp.started_at, cp.records),
             None => (Uuid::new_v4(), Utc::now(), 0),
         };
         report.sync_id = Some(sync_id);
         report.resumed = resume.is_some();
-        report.incremental = !full_refresh;
+        report.mode = mode;
         self.sink
             .prepare(
                 &StreamContext::new(tenant.clone(), schema.clone(), sync_id, resume)

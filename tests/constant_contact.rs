@@ -25,7 +25,7 @@ use headwater::schema::FieldType;
 use headwater::sink::Sink;
 use headwater::sinks::files::FilesSink;
 use headwater::source::{Page, Record, Source};
-use headwater::sync::Sync;
+use headwater::sync::{ReadMode, Sync};
 use headwater::testkit::constant_contact::{ConstantContactFake, FakeConfig};
 use headwater::{AuthErrorKind, Error, Result};
 use serde_json::Value;
@@ -836,7 +836,7 @@ async fn a_full_sync_then_an_incremental_one_into_files_has_every_change_once() 
     let first = run().await;
     assert!(first.is_success(), "{first:#?}");
     assert_eq!(first.streams.len(), ALL_STREAMS.len());
-    assert!(first.streams.iter().all(|s| !s.incremental));
+    assert!(first.streams.iter().all(|s| s.mode == ReadMode::FirstSync));
 
     let now = Utc::now();
     fake.update_contact(5, now);
@@ -860,10 +860,11 @@ async fn a_full_sync_then_an_incremental_one_into_files_has_every_change_once() 
         STREAM_EMAIL_CAMPAIGNS,
         STREAM_CAMPAIGN_ACTIVITIES,
     ] {
-        assert!(report[s].incremental, "{s}");
+        assert!(report[s].is_incremental(), "{s}");
     }
-    assert!(
-        !report[STREAM_CAMPAIGN_SUMMARIES].incremental,
+    assert_eq!(
+        report[STREAM_CAMPAIGN_SUMMARIES].mode,
+        ReadMode::FullListing,
         "re-read in full"
     );
     for r in first.streams.iter().chain(&second.streams) {

@@ -12,7 +12,7 @@ use headwater::http::{Limits, RetryConfig};
 use headwater::hubspot::{HubSpot, HubSpotSource};
 use headwater::sinks::files::FilesSink;
 use headwater::source::{Page, Source};
-use headwater::sync::Sync;
+use headwater::sync::{ReadMode, Sync};
 use headwater::testkit::hubspot::{FakeConfig, HubSpotFake, ObjectSeed};
 use headwater::Error;
 use serde_json::Value;
@@ -221,7 +221,7 @@ async fn associations_are_read_again_when_due_and_a_dissociation_disappears() {
 
     let first = sync.run().await;
     assert!(first.is_success(), "{first:#?}");
-    assert!(!first.streams[0].incremental);
+    assert_eq!(first.streams[0].mode, ReadMode::FirstSync);
     assert_eq!(live(&rows(&path)), truth(&fake));
 
     // A contact leaves a company and joins another. Neither record's
@@ -246,7 +246,7 @@ async fn associations_are_read_again_when_due_and_a_dissociation_disappears() {
     let second = sync.run().await;
     assert!(second.is_success(), "{second:#?}");
     let s = &second.streams[0];
-    assert!(s.incremental);
+    assert!(s.is_incremental());
     assert_eq!((s.records, s.requests.requests), (0, 0));
     let before = rows(&path);
     assert!(live(&before).contains(&gone));
@@ -257,7 +257,11 @@ async fn associations_are_read_again_when_due_and_a_dissociation_disappears() {
     tokio::time::sleep(refresh).await;
     let third = sync.run().await;
     assert!(third.is_success(), "{third:#?}");
-    assert!(!third.streams[0].incremental, "a due refresh is full");
+    assert_eq!(
+        third.streams[0].mode,
+        ReadMode::FullListing,
+        "a due refresh is full"
+    );
     let after = rows(&path);
     let live_after = live(&after);
     assert!(!live_after.contains(&gone), "dissociation applied");

@@ -19,7 +19,7 @@ use headwater::mailchimp::{
 use headwater::schema::{FieldType, StreamSchema};
 use headwater::sinks::files::FilesSink;
 use headwater::source::{CountCheck, Record, Source, StreamState};
-use headwater::sync::Sync;
+use headwater::sync::{ReadMode, Sync};
 use headwater::testkit::mailchimp::{AudienceSeed, MailchimpFake, MailchimpFakeConfig};
 use headwater::{AuthErrorKind, Error};
 use serde_json::Value;
@@ -987,7 +987,7 @@ async fn a_full_sync_then_an_incremental_one_into_files_without_duplicates() {
         "{:?}",
         first.streams.iter().find(|s| s.error.is_some())
     );
-    assert!(first.streams.iter().all(|s| !s.incremental));
+    assert!(first.streams.iter().all(|s| s.mode == ReadMode::FirstSync));
     let at = just_now();
     let lists = fake.list_ids();
     let changed: Vec<String> = fake
@@ -1008,10 +1008,14 @@ async fn a_full_sync_then_an_incremental_one_into_files_without_duplicates() {
         .iter()
         .map(|s| (s.stream.as_str(), s))
         .collect();
-    assert!(by_stream[STREAM_LIST_MEMBERS].incremental);
+    assert!(by_stream[STREAM_LIST_MEMBERS].is_incremental());
     assert_eq!(by_stream[STREAM_LIST_MEMBERS].records, 10);
-    assert!(by_stream[STREAM_CAMPAIGNS].incremental && by_stream[STREAM_REPORTS].incremental);
-    assert!(!by_stream[STREAM_LISTS].incremental);
+    assert!(
+        by_stream[STREAM_CAMPAIGNS].is_incremental() && by_stream[STREAM_REPORTS].is_incremental()
+    );
+    // Audiences have no change filter: the engine lists them in full and
+    // says so.
+    assert_eq!(by_stream[STREAM_LISTS].mode, ReadMode::FullListing);
     // The members' requests: the schema (the audiences and their merge
     // fields), then the audiences and one request per audience.
     assert_eq!(

@@ -13,7 +13,7 @@ use headwater::http::{Limits, RetryConfig};
 use headwater::hubspot::{HubSpot, HubSpotSource};
 use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
 use headwater::sinks::files::FilesSink;
-use headwater::sync::{Progress, Sync};
+use headwater::sync::{Progress, ReadMode, Sync};
 use headwater::testkit::hubspot::{FakeConfig, HubSpotFake, ObjectSeed};
 use headwater::{Error, Result};
 
@@ -371,7 +371,7 @@ async fn a_finished_stream_is_followed_by_an_incremental_run_that_merges_changes
         .run()
         .await;
     assert!(first.is_success(), "{first:#?}");
-    assert!(!first.streams[0].incremental);
+    assert_eq!(first.streams[0].mode, ReadMode::FirstSync);
     let cp = sink
         .load_state("acme", "contacts")
         .await
@@ -439,7 +439,7 @@ async fn a_finished_stream_is_followed_by_an_incremental_run_that_merges_changes
         .run()
         .await;
     assert!(second.is_success(), "{second:#?}");
-    assert!(second.streams[0].incremental);
+    assert!(second.streams[0].is_incremental());
     assert_eq!(second.streams[0].records as usize, want.len());
     assert!(
         fake.stats().per_path.keys().any(|k| k.contains("/search")),
@@ -464,6 +464,42 @@ async fn a_finished_stream_is_followed_by_an_incremental_run_that_merges_changes
         .expect("state")
         .expect("some");
     assert!(cp3.complete && !cp3.full_refresh);
+}
+
+#[tokio::test]
+async fn the_report_says_how_each_stream_was_read_and_why_a_later_run_read_in_full() {
+    let fake = fake(250, 0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    let src = source(&fake);
+    let run = |full: bool| {
+        let sync = Sync::new(src.clone(), sink.clone())
+            .tenant("acme")
+            .streams(["contacts", "owners"])
+            .full_refresh(full);
+        async move { sync.run().await }
+    };
+    let modes = |r: &headwater::sync::SyncReport| -> Vec<ReadMode> {
+        assert!(r.is_success(), "{r:#?}");
+        r.streams.iter().map(|s| s.mode).collect()
+    };
+    let first = run(false).await;
+    assert_eq!(modes(&first), [ReadMode::FirstSync, ReadMode::FirstSync]);
+    // Owners have no change filter in HubSpot's API: the second run lists
+    // them in full, and the report says that it fell back.
+    let second = run(false).await;
+    assert_eq!(
+        modes(&second),
+        [ReadMode::Incremental, ReadMode::FullListing]
+    );
+    assert_eq!(second.streams[1].records, first.streams[1].records);
+    let third = run(true).await;
+    assert_eq!(
+        modes(&third),
+        [ReadMode::FullRefresh, ReadMode::FullRefresh]
+    );
+    assert_eq!(third.streams[0].records, 250);
+    assert!(third.streams.iter().all(|s| s.mode.is_full()));
 }
 
 fn now_ms() -> i64 {
@@ -510,7 +546,7 @@ async fn incremental_runs_capture_updates_deletes_and_merges_and_respect_the_set
     };
     let t0 = now_ms();
     let first = run(lagged_source(&fake, lag)).await;
-    assert!(first.is_success() && !first.streams[0].incremental);
+    assert!(first.is_success() && !first.streams[0].is_incremental());
 
     // Changes stamped 3 s before the first run began: inside its settle lag,
     // so the first run's cursor (its start less 5 s) is before them.
@@ -527,7 +563,7 @@ async fn incremental_runs_capture_updates_deletes_and_merges_and_respect_the_set
 
     let second = run(lagged_source(&fake, lag)).await;
     assert!(second.is_success(), "{second:#?}");
-    assert!(second.streams[0].incremental);
+    assert!(second.streams[0].is_incremental());
     let rows = rows_by_id(&sink.data_path("acme", "contacts"));
     let version = |i: usize| fake.record("contacts", i)["properties"]["firstname"].clone();
     assert_eq!(rows["1003"]["firstname"], version(3), "update read");
@@ -596,7 +632,7 @@ async fn more_than_ten_thousand_changes_on_one_timestamp_are_read_once_each() {
         .run()
         .await;
     assert!(second.is_success(), "{second:#?}");
-    assert!(second.streams[0].incremental);
+    assert!(second.streams[0].is_incremental());
     assert_eq!(
         second.streams[0].records, 10_500,
         "each changed record once, no loop"

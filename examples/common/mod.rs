@@ -14,7 +14,7 @@ use headwater::http::RateLimit;
 use headwater::hubspot::{HubSpot, HubSpotSource};
 use headwater::sink::Sink;
 use headwater::source::Source;
-use headwater::sync::{Progress, StreamReport, Sync, SyncReport};
+use headwater::sync::{Progress, ReadMode, StreamReport, Sync, SyncReport};
 use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, ObjectSeed};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -276,11 +276,7 @@ pub fn with_progress_bars(sync: Sync) -> Sync {
             }
             Progress::StreamFinished(r) => {
                 if let Some(bar) = open.remove(&r.stream) {
-                    bar.finish_with_message(if r.incremental {
-                        "done (changes only)"
-                    } else {
-                        "done"
-                    });
+                    bar.finish_with_message(format!("done, {}", r.mode));
                 }
             }
             Progress::StreamFailed(r) => {
@@ -305,10 +301,12 @@ pub fn print_summary(report: &SyncReport, location: impl Fn(&StreamReport) -> St
         "stream", "records", "pages", "requests", "retries", "429s", "seconds"
     );
     for s in &report.streams {
-        let kind = match (s.resumed, s.incremental) {
+        let kind = match (s.resumed, s.mode) {
+            (true, ReadMode::Incremental) => "ok (resumed, changes)",
             (true, _) => "ok (resumed)",
-            (false, true) => "ok (changes)",
-            (false, false) => "ok",
+            (false, ReadMode::Incremental) => "ok (changes)",
+            (false, ReadMode::FullListing) => "ok (full listing)",
+            (false, _) => "ok (full)",
         };
         println!(
             "{:<18} {:>9} {:>6} {:>9} {:>8} {:>5} {:>8.2}  {}",
