@@ -190,9 +190,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     }
 
     /// The keys of the live (not deleted) records the sink holds for a
-    /// tenant's stream, for [`crate::sync::verify`]. The default says the
+    /// tenant's stream, for [`crate::sync::verify`]; a composite key's
+    /// values are joined by `:` in the order of `stream.primary_key`, as
+    /// [`crate::source::Source::read_ids`] gives them. The default says the
     /// sink cannot list them.
-    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
         let _ = (tenant, stream);
         Err(crate::Error::Config(format!(
             "the {} sink cannot list the ids it holds",

@@ -856,7 +856,7 @@ pub async fn verify(
             Ok(all)
         })
         .await?;
-    let in_sink: BTreeSet<String> = sink.live_ids(tenant, stream).await?.into_iter().collect();
+    let in_sink: BTreeSet<String> = sink.live_ids(tenant, &schema).await?.into_iter().collect();
     let missing = at_source.difference(&in_sink).cloned().collect();
     let extra = in_sink.difference(&at_source).cloned().collect();
     Ok(VerifyReport {

@@ -1417,7 +1417,9 @@ async fn conformance_suite() {
     let result = sink_suite::run_all(
         sink.as_ref(),
         &inspector,
-        &Capabilities::default().typed_columns(true),
+        &Capabilities::default()
+            .typed_columns(true)
+            .lists_live_ids(true),
     )
     .await;
     eprintln!(

@@ -114,7 +114,9 @@ fn files_sink() -> (tempfile::TempDir, Arc<FilesSink>, FilesInspector) {
 /// The files sink publishes a snapshot when a run completes, and keeps values
 /// as the source typed them (no typed columns).
 fn files_caps() -> Capabilities {
-    Capabilities::default().publishes_on_complete(true)
+    Capabilities::default()
+        .publishes_on_complete(true)
+        .lists_live_ids(true)
 }
 
 /// Every check, `crash_then_resume` included: it re-runs a failed stream on
@@ -134,6 +136,86 @@ async fn files_sink_passes_the_conformance_suite() {
     {
         panic!("{e}");
     }
+}
+
+/// A run that delivers a record twice (HubSpot lists a record archived
+/// during the sync among the live ones, then among the archived) leaves one
+/// line for it, its last, in a full refresh and in an incremental run.
+#[tokio::test]
+async fn files_sink_keeps_one_line_per_record_when_a_run_repeats_one() {
+    use headwater::schema::{Field, FieldType, StreamSchema};
+    use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+    use headwater::source::{Record, StreamState};
+    use serde_json::json;
+
+    let (_dir, sink, _) = files_sink();
+    let schema = StreamSchema::new(
+        "things",
+        "id",
+        vec![
+            Field::new("id", FieldType::String),
+            Field::new("v", FieldType::Integer),
+        ],
+    );
+    let rec = |id: u32, v: u32| {
+        let data = json!({"id": id.to_string(), "v": v});
+        Record::new(
+            id.to_string(),
+            data.as_object().cloned().unwrap_or_default(),
+        )
+    };
+    let run = |pages: Vec<Vec<Record>>, full: bool| {
+        let sink = sink.clone();
+        let schema = schema.clone();
+        async move {
+            let id = uuid::Uuid::new_v4();
+            let ctx = StreamContext::new("t", schema, id, None).with_full_refresh(full);
+            sink.prepare(&ctx).await.expect("prepare");
+            for page in pages {
+                let batch = Batch::new("t", "things", id, chrono::Utc::now(), page);
+                sink.write(batch).await.expect("write");
+            }
+            let state = StreamState(json!({}));
+            let cp = Checkpoint::new("t", "things", id, state, true, 0, chrono::Utc::now(), full);
+            sink.commit(&cp).await.expect("commit");
+        }
+    };
+    let lines = || -> Vec<(String, u64, bool)> {
+        let text = std::fs::read_to_string(sink.data_path("t", "things")).expect("snapshot");
+        text.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("json");
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                (id, v["v"].as_u64().unwrap_or(0), v["_deleted"] == true)
+            })
+            .collect()
+    };
+    run(
+        vec![
+            vec![rec(1, 1), rec(2, 1), rec(3, 1)],
+            vec![rec(2, 2).deleted(true)],
+        ],
+        true,
+    )
+    .await;
+    let mut got = lines();
+    got.sort();
+    let want = [("1", 1, false), ("2", 2, true), ("3", 1, false)];
+    let want: Vec<(String, u64, bool)> = want.map(|(i, v, d)| (i.to_owned(), v, d)).into();
+    assert_eq!(got, want);
+
+    // Changes that repeat a record: merged, the last version once.
+    run(vec![vec![rec(3, 2)], vec![rec(3, 3), rec(4, 1)]], false).await;
+    let mut got = lines();
+    got.sort();
+    let want = [
+        ("1", 1, false),
+        ("2", 2, true),
+        ("3", 3, false),
+        ("4", 1, false),
+    ];
+    let want: Vec<(String, u64, bool)> = want.map(|(i, v, d)| (i.to_owned(), v, d)).into();
+    assert_eq!(got, want);
 }
 
 #[cfg(feature = "postgres")]
@@ -367,7 +449,9 @@ mod postgres {
     async fn postgres_sink_passes_the_conformance_suite() {
         with_pg(|pg| async move {
             let inspector = PgInspector { pg: pg.clone() };
-            let caps = Capabilities::default().typed_columns(true);
+            let caps = Capabilities::default()
+                .typed_columns(true)
+                .lists_live_ids(true);
             if let Err(e) = sink_suite::run_all(pg.sink.as_ref(), &inspector, &caps).await {
                 panic!("{e}");
             }
@@ -388,7 +472,9 @@ mod postgres {
                 .await
                 .expect("sink");
             let inspector = PgInspector { pg: pg.clone() };
-            let caps = Capabilities::default().typed_columns(true);
+            let caps = Capabilities::default()
+                .typed_columns(true)
+                .lists_live_ids(true);
             if let Err(e) = sink_suite::run_all(&sink, &inspector, &caps).await {
                 panic!("{e}");
             }

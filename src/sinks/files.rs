@@ -24,12 +24,19 @@
 //!
 //! An incremental sync writes its changes to `.partial` the same way; when
 //! it completes, the snapshot is rewritten without the records the changes
-//! replace, followed by the changes (one line per record, always). That
-//! rewrite costs a pass over the snapshot per incremental run: fine for the
-//! embedded default, and the warehouse sinks upsert instead.
+//! replace, followed by the changes. That rewrite costs a pass over the
+//! snapshot per incremental run: fine for the embedded default, and the
+//! warehouse sinks upsert instead.
+//!
+//! One line per record, always: a run can deliver a record twice (HubSpot
+//! lists a record archived during the sync among the live ones and then
+//! among the archived). The sink notices it (it keeps a hash of each id the
+//! run wrote) and then, like after a resume, publishes each record's last
+//! line only; a run without repeats is published by a rename.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::hash::BuildHasher;
 use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,6 +46,7 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{sync_dir, write_atomically};
+use crate::schema::StreamSchema;
 use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
 use crate::{Error, Result};
 
@@ -58,6 +66,14 @@ struct OpenStream {
     paths: Paths,
     full_refresh: bool,
     key: Vec<String>,
+    /// Hashes of the record ids written by this run on this instance, to
+    /// notice a record written twice (8 to 16 bytes a record).
+    seen: std::collections::HashSet<u64>,
+    hasher: std::hash::RandomState,
+    /// The run may hold a record twice: one was seen twice, or the run was
+    /// resumed (what it wrote before is not in `seen`). Publishing then keeps
+    /// each record's last line only.
+    repeats: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,14 +171,15 @@ impl FilesSink {
     }
 }
 
-/// Finishes a completed stream. A full refresh: `.partial` becomes
-/// `.jsonl`. An incremental run: the new `.jsonl` is the old one less the
-/// records whose key the changes hold, then the changes; written to a
+/// Finishes a completed stream. A full refresh without repeated records:
+/// `.partial` becomes `.jsonl`. Otherwise the new `.jsonl` is, for an
+/// incremental run, the old one less the records whose key the changes
+/// hold, then the run's lines, each key's last line only; written to a
 /// temporary file and renamed over the old one, so a crash leaves the old
 /// snapshot and `.partial`, and the next `prepare` does it again (the same
 /// result, however often it runs).
-fn publish(paths: &Paths, full_refresh: bool, key: &[String]) -> Result<()> {
-    if full_refresh {
+fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> Result<()> {
+    if full_refresh && !repeats {
         std::fs::rename(&paths.partial, &paths.data)
             .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
         return sync_dir(&paths.dir).map_err(io_err("cannot sync directory"));
@@ -177,20 +194,22 @@ fn publish(paths: &Paths, full_refresh: bool, key: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
             .join("\u{1f}"))
     };
+    // Each key of the run, with the number of its last line.
     let changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
-    let mut changed = std::collections::HashSet::new();
-    for line in BufReader::new(&changes).lines() {
-        changed.insert(key_of(&line.map_err(io_err("cannot read changes"))?)?);
+    let mut changed = HashMap::new();
+    for (n, line) in BufReader::new(&changes).lines().enumerate() {
+        changed.insert(key_of(&line.map_err(io_err("cannot read changes"))?)?, n);
     }
     let mut out =
         tempfile::NamedTempFile::new_in(&paths.dir).map_err(io_err("cannot create merge file"))?;
     {
         let mut w = BufWriter::with_capacity(256 * 1024, out.as_file_mut());
         match File::open(&paths.data) {
+            Ok(_) if full_refresh => {}
             Ok(old) => {
                 for line in BufReader::new(old).lines() {
                     let line = line.map_err(io_err("cannot read snapshot"))?;
-                    if !changed.contains(&key_of(&line)?) {
+                    if !changed.contains_key(&key_of(&line)?) {
                         w.write_all(line.as_bytes())
                             .map_err(io_err("cannot write merge file"))?;
                         w.write_all(b"\n")
@@ -201,8 +220,16 @@ fn publish(paths: &Paths, full_refresh: bool, key: &[String]) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::sink(NAME, "cannot open snapshot", e)),
         }
-        let mut changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
-        std::io::copy(&mut changes, &mut w).map_err(io_err("cannot write merge file"))?;
+        let changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
+        for (n, line) in BufReader::new(changes).lines().enumerate() {
+            let line = line.map_err(io_err("cannot read changes"))?;
+            if changed.get(&key_of(&line)?) == Some(&n) {
+                w.write_all(line.as_bytes())
+                    .map_err(io_err("cannot write merge file"))?;
+                w.write_all(b"\n")
+                    .map_err(io_err("cannot write merge file"))?;
+            }
+        }
         w.flush().map_err(io_err("cannot write merge file"))?;
     }
     out.as_file()
@@ -245,8 +272,14 @@ impl Sink for FilesSink {
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
             if s.checkpoint.complete && paths.partial.exists() {
-                // The last run committed completion but stopped before publishing.
-                publish(&paths, s.checkpoint.full_refresh, &ctx.schema.primary_key)?;
+                // The last run committed completion but stopped before
+                // publishing; whether it repeated a record is not known.
+                publish(
+                    &paths,
+                    s.checkpoint.full_refresh,
+                    true,
+                    &ctx.schema.primary_key,
+                )?;
             }
         }
         let resumable = match (&ctx.resume, &state) {
@@ -292,6 +325,9 @@ impl Sink for FilesSink {
                 paths,
                 full_refresh: ctx.full_refresh,
                 key: ctx.schema.primary_key.clone(),
+                seen: std::collections::HashSet::new(),
+                hasher: std::hash::RandomState::new(),
+                repeats: len > 0,
             },
         );
         Ok(())
@@ -322,7 +358,11 @@ impl Sink for FilesSink {
             .as_bytes(),
         );
         let mut line = Vec::with_capacity(4096);
+        open.seen.reserve(batch.records.len());
         for record in &batch.records {
+            if !open.seen.insert(open.hasher.hash_one(&record.id)) {
+                open.repeats = true;
+            }
             line.clear();
             line.extend_from_slice(&prefix);
             line.extend_from_slice(if record.deleted { b"true" } else { b"false" });
@@ -371,7 +411,7 @@ impl Sink for FilesSink {
         if checkpoint.complete {
             if let Some(open) = map.remove(&key) {
                 drop(open.writer);
-                publish(&open.paths, open.full_refresh, &open.key)?;
+                publish(&open.paths, open.full_refresh, open.repeats, &open.key)?;
             }
         }
         Ok(())
@@ -395,8 +435,9 @@ impl Sink for FilesSink {
 
     /// The keys of the live records of the last complete snapshot
     /// (`{stream}.jsonl`); a composite key's fields are joined by `:`.
-    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
         use std::io::{BufRead, BufReader};
+        let stream = stream.name.as_str();
         let paths = self.paths(tenant, stream);
         let key = Self::read_state(&paths)?
             .map(|s| s.key)

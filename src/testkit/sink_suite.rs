@@ -83,6 +83,10 @@ pub struct Capabilities {
     /// exactly its rows, and a complete incremental run its changes merged
     /// by key into what was there.
     pub publishes_on_complete: bool,
+    /// The sink lists the keys of its live rows ([`Sink::live_ids`], for
+    /// [`crate::sync::verify`]). Without it, the check `live_ids` only
+    /// expects a clear error.
+    pub lists_live_ids: bool,
 }
 
 impl Capabilities {
@@ -97,16 +101,23 @@ impl Capabilities {
         self.publishes_on_complete = yes;
         self
     }
+
+    /// Sets [`Capabilities::lists_live_ids`].
+    pub fn lists_live_ids(mut self, yes: bool) -> Self {
+        self.lists_live_ids = yes;
+        self
+    }
 }
 
 /// The names of the checks, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 11] = [
     "create_from_schema",
     "rewrite_changes_nothing",
     "updates_replace_rows",
     "new_field_adds_column",
     "hostile_names",
     "deleted_records",
+    "live_ids",
     "state_round_trips",
     "tenants_are_isolated",
     "crash_then_resume",
@@ -140,6 +151,7 @@ pub async fn run(
             "new_field_adds_column" => new_field_adds_column(sink, inspect, caps).await,
             "hostile_names" => hostile_names(sink, inspect, caps).await,
             "deleted_records" => deleted_records(sink, inspect, caps).await,
+            "live_ids" => live_ids(sink, inspect, caps).await,
             "state_round_trips" => state_round_trips(sink, inspect, caps).await,
             "tenants_are_isolated" => tenants_are_isolated(sink, inspect, caps).await,
             "crash_then_resume" => crash_then_resume(sink, inspect, caps).await,
@@ -1240,6 +1252,95 @@ pub async fn deleted_records(
         "after a record was restored and another deleted",
     )
     .await
+}
+
+/// [`Sink::live_ids`] lists the keys of a tenant's live rows: every key
+/// once, deleted rows left out, other tenants' rows left out, a composite
+/// key's values joined by `:` in key order. A sink that cannot list them
+/// says so with an error rather than an empty list.
+pub async fn live_ids(
+    sink: &dyn Sink,
+    inspect: &dyn SinkInspector,
+    caps: &Capabilities,
+) -> Result<()> {
+    let c = Ctx::new(sink, inspect, caps, "live_ids");
+    let tenant = unique("tenant");
+    let other = unique("tenant");
+    let schema = typed_schema(&unique("live"));
+    let live: Vec<Record> = (1..=6).map(|n| typed_record(n, 1)).collect();
+    let gone = vec![
+        typed_record(2, 2).deleted(true),
+        typed_record(7, 1).deleted(true),
+    ];
+    let mut model = Model::default();
+    c.sync(&mut model, &tenant, &schema, vec![live, gone], 2)
+        .await?;
+    let mut elsewhere = Model::default();
+    c.sync(
+        &mut elsewhere,
+        &other,
+        &schema,
+        vec![vec![typed_record(40, 1)]],
+        1,
+    )
+    .await?;
+    let listed = sink.live_ids(&tenant, &schema).await;
+    if !caps.lists_live_ids {
+        return match listed {
+            Err(_) => Ok(()),
+            Ok(ids) => Err(c.fail(format!(
+                "the sink does not declare lists_live_ids but listed {} ids",
+                ids.len()
+            ))),
+        };
+    }
+    let listed = c.call("live_ids", async { listed }).await?;
+    let want: BTreeSet<String> = ["1", "3", "4", "5", "6"].map(String::from).into();
+    let got: BTreeSet<String> = listed.iter().cloned().collect();
+    if got.len() != listed.len() {
+        return Err(c.fail(format!("a key listed twice: {listed:?}")));
+    }
+    if got != want {
+        return Err(c.fail(format!("live ids {got:?}, expected {want:?}")));
+    }
+
+    // A composite key, as Mailchimp's members (`list_id`, `id`).
+    let mut pair = StreamSchema::new(
+        unique("pairs"),
+        "list_id",
+        vec![
+            Field::new("list_id", FieldType::String),
+            Field::new("id", FieldType::String),
+            Field::new("name", FieldType::String),
+        ],
+    );
+    pair.primary_key = vec!["list_id".into(), "id".into()];
+    let member = |list: &str, id: &str| {
+        Record::new(
+            format!("{list}:{id}"),
+            obj(json!({"list_id": list, "id": id, "name": format!("{id} in {list}")})),
+        )
+    };
+    let records = vec![
+        member("a", "x"),
+        member("a", "y"),
+        member("b", "x"),
+        member("b", "y").deleted(true),
+    ];
+    let mut model = Model::default();
+    c.sync(&mut model, &tenant, &pair, vec![records], 1).await?;
+    let got: BTreeSet<String> = c
+        .call("live_ids (composite key)", sink.live_ids(&tenant, &pair))
+        .await?
+        .into_iter()
+        .collect();
+    let want: BTreeSet<String> = ["a:x", "a:y", "b:x"].map(String::from).into();
+    if got != want {
+        return Err(c.fail(format!(
+            "composite keys listed as {got:?}, expected {want:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// `load_state` returns exactly what `commit` stored (state JSON, complete

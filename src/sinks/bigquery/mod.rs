@@ -808,4 +808,57 @@ impl Sink for BigQuerySink {
             )
         })
     }
+
+    /// The keys of the tenant's live rows (one query); a composite key's
+    /// columns are cast to text and joined by `:`. Empty when the table does
+    /// not exist.
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
+        let columns = self.columns(&stream.name).await?;
+        if columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(stream.primary_key.len());
+        for field in &stream.primary_key {
+            let column = columns
+                .iter()
+                .find(|c| c.field.as_deref() == Some(field.as_str()))
+                .ok_or_else(|| Error::Sink {
+                    sink: NAME,
+                    message: format!(
+                        "table {} has no column for key field `{field}` of stream `{}`",
+                        self.table_ref(&stream.name),
+                        stream.name
+                    ),
+                    source: None,
+                })?;
+            keys.push(format!("CAST({} AS STRING)", quote(&column.name)));
+        }
+        if keys.is_empty() {
+            return Err(Error::Config(format!(
+                "stream `{}` has no primary key to list",
+                stream.name
+            )));
+        }
+        let key = if keys.len() == 1 {
+            keys.remove(0)
+        } else {
+            format!("CONCAT({})", keys.join(", ':', "))
+        };
+        let sql = format!(
+            "SELECT {key} AS k FROM {} \
+             WHERE `_tenant_id` = @tenant AND NOT IFNULL(`_deleted`, FALSE)",
+            self.table_ref(&stream.name)
+        );
+        let rows = self.query(&sql, &[("tenant", tenant)]).await?;
+        rows.into_iter()
+            .map(|row| match row.get("k") {
+                Some(Value::String(k)) => Ok(k.clone()),
+                other => Err(Error::Sink {
+                    sink: NAME,
+                    message: format!("a key of {} reads as {other:?}", stream.name),
+                    source: None,
+                }),
+            })
+            .collect()
+    }
 }

@@ -146,6 +146,7 @@ use tokio_postgres::types::Json;
 
 use self::encode::Cell;
 use self::layout::{Layout, COLUMNS_TABLE, STATE_TABLE, STREAMS_TABLE};
+use crate::schema::StreamSchema;
 use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
 use crate::{Error, Result};
 
@@ -1018,7 +1019,8 @@ impl Sink for PostgresSink {
 
     /// The keys of the tenant's live rows; a composite key's columns are
     /// joined by `:`.
-    async fn live_ids(&self, tenant: &str, stream: &str) -> Result<Vec<String>> {
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
+        let stream = stream.name.as_str();
         self.setup().await?;
         let client = self.client().await?;
         let Some(row) = client
