@@ -202,3 +202,17 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         )))
     }
 }
+
+/// The key of a stored row as [`Sink::live_ids`] lists it: the values of
+/// the `key` fields, text as it is and anything else as JSON, joined by `:`.
+pub(crate) fn row_key(row: &serde_json::Map<String, serde_json::Value>, key: &[String]) -> String {
+    let parts: Vec<String> = key
+        .iter()
+        .map(|k| match row.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        })
+        .collect();
+    parts.join(":")
+}

@@ -1326,6 +1326,7 @@ fn caps() -> Capabilities {
     Capabilities::default()
         .typed_columns(true)
         .publishes_on_complete(true)
+        .lists_live_ids(true)
 }
 
 async fn passes_the_conformance_suite(backend: Backend) {

@@ -462,15 +462,7 @@ impl Sink for FilesSink {
             if row.get("_deleted") == Some(&serde_json::Value::Bool(true)) {
                 continue;
             }
-            let parts: Vec<String> = key
-                .iter()
-                .map(|k| match row.get(k) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) => v.to_string(),
-                    None => String::new(),
-                })
-                .collect();
-            ids.push(parts.join(":"));
+            ids.push(crate::sink::row_key(&row, &key));
         }
         Ok(ids)
     }

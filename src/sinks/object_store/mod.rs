@@ -1108,6 +1108,33 @@ impl Sink for ObjectStoreSink {
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
         Ok(self.read_state(tenant, stream).await?.map(|s| s.checkpoint))
     }
+
+    /// The keys of the live records of the stream's [`Snapshot`]: its raw
+    /// files read in order, the last version of each key kept. Reads the
+    /// whole snapshot (the keys stay in memory); empty before the first sync
+    /// completes.
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
+        let Some(snapshot) = self.snapshot(tenant, &stream.name).await? else {
+            return Ok(Vec::new());
+        };
+        let mut last: HashMap<String, bool> = HashMap::new();
+        for file in snapshot.raw_files() {
+            for row in self.read_raw(file).await? {
+                let serde_json::Value::Object(row) = row else {
+                    return Err(Error::State {
+                        message: format!("{}: a line is not a JSON object", file.path),
+                        source: None,
+                    });
+                };
+                let deleted = row.get("_deleted") == Some(&serde_json::Value::Bool(true));
+                last.insert(crate::sink::row_key(&row, &stream.primary_key), deleted);
+            }
+        }
+        Ok(last
+            .into_iter()
+            .filter_map(|(k, deleted)| (!deleted).then_some(k))
+            .collect())
+    }
 }
 
 #[cfg(test)]
