@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use headwater::hubspot::{HubSpot, HubSpotSource, PRIVATE_APP_LIMIT};
 use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
-use headwater::sync::{run_tenants, Sync, SyncReport};
+use headwater::sync::{run_tenants, Progress, Sync, SyncReport};
 use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, ObjectSeed};
 
 const STREAMS: [&str; 4] = ["contacts", "companies", "deals", "tickets"];
@@ -176,12 +176,36 @@ fn main() {
     let one = rt.block_on(async {
         let fake = HubSpotFake::start(portal_config(0, pages)).await;
         let sink = Arc::new(CountingSink::default());
+        let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Instant::now();
-        let reports = run_tenants([sync_of(&fake, &sink, Props::All)], 1).await;
+        let log = timeline.clone();
+        let sync = sync_of(&fake, &sink, Props::All).on_progress(move |p| {
+            let at = start.elapsed();
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            match p {
+                Progress::PageWritten { stream, total, .. } if *total <= 100 => {
+                    log.push((at, format!("{stream} first page")));
+                }
+                Progress::StreamFinished(r) => log.push((at, format!("{} done", r.stream))),
+                _ => {}
+            }
+        });
+        let reports = run_tenants([sync], 1).await;
         let o = outcome(&reports, start.elapsed());
-        (o, fake.stats())
+        let timeline = timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        (o, fake.stats(), timeline)
     });
-    let (o, stats) = one;
+    let (o, stats, timeline) = one;
+    let ideal = o.requests as f64 * PRIVATE_APP_LIMIT.quota().replenish_interval().as_secs_f64();
+    println!(
+        "one portal timeline (s): {}; {} requests at the limiter's own pace take {ideal:.1} s",
+        timeline
+            .iter()
+            .map(|(t, what)| format!("{what} {:.2}", t.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.requests
+    );
     let rate = o.requests as f64 / o.elapsed.as_secs_f64();
     println!(
         "one portal: {} requests, {} records in {:.1} s = {:.2} requests/s of {:.1} allowed: \
@@ -261,6 +285,14 @@ async fn many(portals: usize, pages: usize, props: Props) -> (Outcome, u64, u32)
     let start = Instant::now();
     let reports = run_tenants(syncs, portals).await;
     let o = outcome(&reports, start.elapsed());
+    let mut took: Vec<f64> = reports.iter().map(|r| r.duration.as_secs_f64()).collect();
+    took.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (took.first(), took.last()) {
+        println!(
+            "  portals' own durations: fastest {first:.1} s, median {:.1} s, slowest {last:.1} s",
+            took[took.len() / 2]
+        );
+    }
     let stats: Vec<_> = fakes.iter().map(HubSpotFake::stats).collect();
     let limited: u64 = stats.iter().map(|s| s.rate_limited).sum();
     let busiest = stats.iter().map(|s| s.max_in_window).max().unwrap_or(0);

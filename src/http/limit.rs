@@ -49,8 +49,35 @@ impl RateLimit {
             .allow_burst(NonZeroU32::MIN)
     }
 
-    pub(crate) fn limiter(&self) -> Arc<DefaultDirectRateLimiter> {
-        Arc::new(governor::RateLimiter::direct(self.quota()))
+    pub(crate) fn limiter(&self) -> Arc<FairLimiter> {
+        Arc::new(FairLimiter {
+            limiter: governor::RateLimiter::direct(self.quota()),
+            queue: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// A `governor` limiter whose waiters are served in the order they came.
+///
+/// `governor` promises no fairness: a task that asks just as a cell frees up
+/// takes it ahead of tasks already asleep on `until_ready`, and under steady
+/// contention one stream of a sync (or one tenant sharing a client) can
+/// starve for seconds; the rate-limit ceiling bench saw a stream's first
+/// page come 8 s late, and the streams then finish one after another, the
+/// last alone and paced by latency instead of the limit. Waiters here queue
+/// on tokio's mutex, which is FIFO, and only the head of the queue waits on
+/// `governor`.
+#[derive(Debug)]
+pub(crate) struct FairLimiter {
+    limiter: DefaultDirectRateLimiter,
+    queue: tokio::sync::Mutex<()>,
+}
+
+impl FairLimiter {
+    /// Waits for this caller's turn, then for a cell of the quota.
+    pub(crate) async fn until_ready(&self) {
+        let _turn = self.queue.lock().await;
+        self.limiter.until_ready().await;
     }
 }
 
@@ -203,6 +230,58 @@ impl DailyCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waiters are served in the order they came, also against a task that
+    /// asks again the moment it is served (which `governor` alone lets jump
+    /// the queue).
+    // One thread: each spawned waiter runs up to its wait while this task
+    // sleeps, so the order they come in is the order they were spawned.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_limiter_serves_waiters_in_arrival_order() {
+        let limiter = RateLimit::per_second(40).limiter();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A greedy task: asks again as soon as it is served.
+        let greedy = {
+            let (limiter, order, stop) = (limiter.clone(), order.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    limiter.until_ready().await;
+                    order
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(usize::MAX);
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut waiters = Vec::new();
+        for i in 0..8 {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                limiter.until_ready().await;
+                order.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+            }));
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        greedy.await.expect("greedy");
+        let order = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let served: Vec<usize> = order.iter().copied().filter(|&i| i != usize::MAX).collect();
+        assert_eq!(served, (0..8).collect::<Vec<_>>(), "{order:?}");
+        // Between two waiters the greedy task is served at most once: it
+        // queues behind those already waiting.
+        let first = order.iter().position(|&i| i == 0).unwrap_or(0);
+        let last = order.iter().position(|&i| i == 7).unwrap_or(0);
+        let greedy_between = order[first..last]
+            .iter()
+            .filter(|&&i| i == usize::MAX)
+            .count();
+        assert!(greedy_between <= 7, "{order:?}");
+    }
 
     #[test]
     fn daily_counter_stops_at_the_quota_and_resets_at_midnight() {

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use governor::DefaultDirectRateLimiter;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
@@ -165,8 +164,8 @@ struct Inner {
     base_url: Url,
     auth: Arc<dyn AccessTokenSource>,
     retry: RetryConfig,
-    standard: Option<Arc<DefaultDirectRateLimiter>>,
-    search: Option<Arc<DefaultDirectRateLimiter>>,
+    standard: Option<Arc<limit::FairLimiter>>,
+    search: Option<Arc<limit::FairLimiter>>,
     concurrency: Option<Arc<tokio::sync::Semaphore>>,
     daily: Option<limit::DailyCounter>,
     limits: Limits,

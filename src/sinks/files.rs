@@ -30,9 +30,10 @@
 //!
 //! One line per record, always: a run can deliver a record twice (HubSpot
 //! lists a record archived during the sync among the live ones and then
-//! among the archived). The sink notices it (it keeps a hash of each id the
-//! run wrote) and then, like after a resume, publishes each record's last
-//! line only; a run without repeats is published by a rename.
+//! among the archived). The sink notices it (it keeps an 8-byte hash of each
+//! id the run wrote and sorts them when the run completes) and then, like
+//! after a resume, publishes each record's last line only; a run without
+//! repeats is published by a rename.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -66,14 +67,14 @@ struct OpenStream {
     paths: Paths,
     full_refresh: bool,
     key: Vec<String>,
-    /// Hashes of the record ids written by this run on this instance, to
-    /// notice a record written twice (8 to 16 bytes a record).
-    seen: std::collections::HashSet<u64>,
+    /// A hash of each record id this run wrote on this instance (8 bytes a
+    /// record), sorted when the run completes to see whether a record came
+    /// twice.
+    ids: Vec<u64>,
     hasher: std::hash::RandomState,
-    /// The run may hold a record twice: one was seen twice, or the run was
-    /// resumed (what it wrote before is not in `seen`). Publishing then keeps
-    /// each record's last line only.
-    repeats: bool,
+    /// The run was resumed: what it wrote before is not in `ids`, so it may
+    /// hold a record twice.
+    resumed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -325,9 +326,9 @@ impl Sink for FilesSink {
                 paths,
                 full_refresh: ctx.full_refresh,
                 key: ctx.schema.primary_key.clone(),
-                seen: std::collections::HashSet::new(),
+                ids: Vec::new(),
                 hasher: std::hash::RandomState::new(),
-                repeats: len > 0,
+                resumed: len > 0,
             },
         );
         Ok(())
@@ -358,11 +359,8 @@ impl Sink for FilesSink {
             .as_bytes(),
         );
         let mut line = Vec::with_capacity(4096);
-        open.seen.reserve(batch.records.len());
         for record in &batch.records {
-            if !open.seen.insert(open.hasher.hash_one(&record.id)) {
-                open.repeats = true;
-            }
+            open.ids.push(open.hasher.hash_one(&record.id));
             line.clear();
             line.extend_from_slice(&prefix);
             line.extend_from_slice(if record.deleted { b"true" } else { b"false" });
@@ -411,7 +409,11 @@ impl Sink for FilesSink {
         if checkpoint.complete {
             if let Some(open) = map.remove(&key) {
                 drop(open.writer);
-                publish(&open.paths, open.full_refresh, open.repeats, &open.key)?;
+                let mut ids = open.ids;
+                ids.sort_unstable();
+                let repeats = open.resumed || ids.windows(2).any(|w| w[0] == w[1]);
+                drop(ids);
+                publish(&open.paths, open.full_refresh, repeats, &open.key)?;
             }
         }
         Ok(())

@@ -621,15 +621,23 @@ impl HubSpotSource {
                             .after(after.clone())
                             .pages()
                             .map(|r| r.map(StepPage::listed));
-                        // A fresh listing starts with the live total.
+                        // A fresh listing starts with the live total, asked
+                        // while its first page is fetched (search has its own,
+                        // slower limiter: waiting for it first would leave
+                        // the main limit idle).
                         if after.is_none() && tally.reported.is_none() && last_modified.is_some() {
                             let (hs, t) = (hs.clone(), object_type.clone());
+                            let mut list = list.boxed();
                             futures::stream::once(async move {
-                                let total = search_total(&hs, &t, None).await?;
-                                Ok(list.map_ok(move |mut p| {
-                                    p.total = total;
-                                    p
-                                }))
+                                let (total, first) =
+                                    futures::join!(search_total(&hs, &t, None), list.next());
+                                let total = total?;
+                                Ok(futures::stream::iter(first)
+                                    .chain(list)
+                                    .map_ok(move |mut p| {
+                                        p.total = total;
+                                        p
+                                    }))
                             })
                             .try_flatten()
                             .boxed()
