@@ -20,8 +20,10 @@
 //! ```
 //! `HW_CEILING_PAGES` is the pages of 100 records per stream (default 150,
 //! about 33 s of reading at the ceiling: the first second, when every
-//! stream reads its schema and counts, and the last, when one stream is
-//! left, weigh less in a longer run). Each portal gets a fake server of its own (the
+//! stream reads its schema and counts, weighs less in a longer run). The
+//! one-portal run prints a timeline (each stream's first page and end);
+//! the many-portal runs, the fastest, median and slowest portal. Each
+//! portal gets a fake server of its own (the
 //! fake answers on one thread per server); `HW_CEILING_ONE_SERVER=1` puts
 //! all portals on one server, which then caps the run at what one thread
 //! can generate.
@@ -230,7 +232,7 @@ fn main() {
     let mut limited = 0;
     for props in [Props::Few, Props::All] {
         let cpu_before = cpu_time();
-        let (o, lim, busiest) = rt.block_on(many(portals, pages, props));
+        let (o, lim, busiest, spread) = rt.block_on(many(portals, pages, props));
         let cpu = cpu_time().saturating_sub(cpu_before);
         limited += lim;
         let rate = o.requests as f64 / o.elapsed.as_secs_f64();
@@ -260,11 +262,12 @@ fn main() {
             o.rate_limited,
             lim
         );
+        println!("  {spread}");
     }
     assert_eq!(limited, 0, "429s across portals");
 }
 
-async fn many(portals: usize, pages: usize, props: Props) -> (Outcome, u64, u32) {
+async fn many(portals: usize, pages: usize, props: Props) -> (Outcome, u64, u32, String) {
     // The fake answers on one thread per server; one server for 50 portals
     // would be the bottleneck (it generates 100 records per page), so by
     // default each portal gets its own.
@@ -287,14 +290,15 @@ async fn many(portals: usize, pages: usize, props: Props) -> (Outcome, u64, u32)
     let o = outcome(&reports, start.elapsed());
     let mut took: Vec<f64> = reports.iter().map(|r| r.duration.as_secs_f64()).collect();
     took.sort_by(f64::total_cmp);
-    if let (Some(first), Some(last)) = (took.first(), took.last()) {
-        println!(
-            "  portals' own durations: fastest {first:.1} s, median {:.1} s, slowest {last:.1} s",
+    let spread = match (took.first(), took.last()) {
+        (Some(first), Some(last)) => format!(
+            "portals' own durations: fastest {first:.1} s, median {:.1} s, slowest {last:.1} s",
             took[took.len() / 2]
-        );
-    }
+        ),
+        _ => String::new(),
+    };
     let stats: Vec<_> = fakes.iter().map(HubSpotFake::stats).collect();
     let limited: u64 = stats.iter().map(|s| s.rate_limited).sum();
     let busiest = stats.iter().map(|s| s.max_in_window).max().unwrap_or(0);
-    (o, limited, busiest)
+    (o, limited, busiest, spread)
 }

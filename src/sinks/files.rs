@@ -195,12 +195,26 @@ fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> 
             .collect::<Vec<_>>()
             .join("\u{1f}"))
     };
-    // Each key of the run, with the number of its last line.
+    // Each key of the run, with the number of its last line; the run's
+    // lines are parsed once, here.
     let changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
     let mut changed = HashMap::new();
-    for (n, line) in BufReader::new(&changes).lines().enumerate() {
-        changed.insert(key_of(&line.map_err(io_err("cannot read changes"))?)?, n);
+    let mut lines = 0usize;
+    for line in BufReader::new(&changes).lines() {
+        changed.insert(
+            key_of(&line.map_err(io_err("cannot read changes"))?)?,
+            lines,
+        );
+        lines += 1;
     }
+    // Without repeats every line is its key's last: copy them as they are.
+    let last_lines: Option<Vec<bool>> = repeats.then(|| {
+        let mut keep = vec![false; lines];
+        for &n in changed.values() {
+            keep[n] = true;
+        }
+        keep
+    });
     let mut out =
         tempfile::NamedTempFile::new_in(&paths.dir).map_err(io_err("cannot create merge file"))?;
     {
@@ -221,14 +235,21 @@ fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> 
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::sink(NAME, "cannot open snapshot", e)),
         }
-        let changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
-        for (n, line) in BufReader::new(changes).lines().enumerate() {
-            let line = line.map_err(io_err("cannot read changes"))?;
-            if changed.get(&key_of(&line)?) == Some(&n) {
-                w.write_all(line.as_bytes())
-                    .map_err(io_err("cannot write merge file"))?;
-                w.write_all(b"\n")
-                    .map_err(io_err("cannot write merge file"))?;
+        let mut changes = File::open(&paths.partial).map_err(io_err("cannot open changes"))?;
+        match &last_lines {
+            None => {
+                std::io::copy(&mut changes, &mut w).map_err(io_err("cannot write merge file"))?;
+            }
+            Some(keep) => {
+                for (line, &keep) in BufReader::new(changes).lines().zip(keep) {
+                    let line = line.map_err(io_err("cannot read changes"))?;
+                    if keep {
+                        w.write_all(line.as_bytes())
+                            .map_err(io_err("cannot write merge file"))?;
+                        w.write_all(b"\n")
+                            .map_err(io_err("cannot write merge file"))?;
+                    }
+                }
             }
         }
         w.flush().map_err(io_err("cannot write merge file"))?;

@@ -813,6 +813,12 @@ impl Sink for BigQuerySink {
     /// columns are cast to text and joined by `:`. Empty when the table does
     /// not exist.
     async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
+        if stream.primary_key.is_empty() {
+            return Err(Error::Config(format!(
+                "stream `{}` has no primary key to list",
+                stream.name
+            )));
+        }
         let columns = self.columns(&stream.name).await?;
         if columns.is_empty() {
             return Ok(Vec::new());
@@ -832,12 +838,6 @@ impl Sink for BigQuerySink {
                     source: None,
                 })?;
             keys.push(format!("CAST({} AS STRING)", quote(&column.name)));
-        }
-        if keys.is_empty() {
-            return Err(Error::Config(format!(
-                "stream `{}` has no primary key to list",
-                stream.name
-            )));
         }
         let key = if keys.len() == 1 {
             keys.remove(0)
