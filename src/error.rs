@@ -175,6 +175,17 @@ pub enum Error {
         /// True for timeouts.
         timeout: bool,
     },
+    /// A response body was larger than the client's cap (counted after
+    /// decompression): an endless body or a gzip bomb. Not retried.
+    #[error("{provider}: the response to {path} is larger than {limit} bytes (the client's cap)")]
+    ResponseTooLarge {
+        /// Provider name.
+        provider: &'static str,
+        /// Request path.
+        path: String,
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// A sink failed to prepare, write or commit.
     #[error("sink {sink}: {message}")]
     Sink {

@@ -485,9 +485,10 @@ impl Sync {
                 ..
             } = &e
             {
+                // Checked: the wait comes from a server's `Retry-After`.
                 report.resume_at = chrono::Duration::from_std(*wait)
                     .ok()
-                    .map(|d| Utc::now() + d);
+                    .and_then(|d| Utc::now().checked_add_signed(d));
             }
             report.error = Some(Arc::new(e));
         }

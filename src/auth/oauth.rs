@@ -554,14 +554,13 @@ async fn token_http(
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let resp = sent.map_err(|e| TokenHttpError(error_chain(&e)))?;
+            let resp = sent.map_err(|e| TokenHttpError(error_chain(&e.without_url())))?;
             let status = resp.status();
             status_out.store(status.as_u16(), Ordering::Relaxed);
             let headers = resp.headers().clone();
-            let body = resp
-                .bytes()
+            let body = crate::http::read_body(resp, crate::http::DEFAULT_MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| TokenHttpError(error_chain(&e)))?;
+                .map_err(|e| TokenHttpError(e.to_string()))?;
             let body = if status.is_success() {
                 with_token_type(body.to_vec())
             } else {

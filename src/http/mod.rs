@@ -6,6 +6,7 @@
 mod events;
 mod limit;
 mod retry;
+mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use url::Url;
 
 pub use events::{observe, HttpEvent, Observer};
 pub use limit::{DailyLimit, DailyUsage, RateLimit};
-pub use retry::RetryConfig;
+pub use retry::{RetryConfig, MAX_RETRY_AFTER};
+pub(crate) use transport::{read_body, send as send_request, Received};
+pub use transport::{DEFAULT_MAX_RESPONSE_BYTES, MAX_ERROR_BODY_BYTES};
 
 use crate::auth::AccessTokenSource;
 use crate::error::{ApiErrorBody, AuthErrorKind};
@@ -169,6 +172,7 @@ struct Inner {
     concurrency: Option<Arc<tokio::sync::Semaphore>>,
     daily: Option<limit::DailyCounter>,
     limits: Limits,
+    max_body: u64,
     counters: Counters,
 }
 
@@ -228,23 +232,45 @@ impl ApiClient {
                     .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
                 daily: limits.daily.map(limit::DailyCounter::new),
                 limits,
+                max_body: transport::DEFAULT_MAX_RESPONSE_BYTES,
                 counters: Counters::default(),
             }),
         }
+    }
+
+    /// A client like this one whose response bodies may be at most `bytes`
+    /// long after decompression (default [`DEFAULT_MAX_RESPONSE_BYTES`]); a
+    /// longer one fails the request with [`Error::ResponseTooLarge`].
+    /// Counters start afresh.
+    pub fn with_max_response_bytes(&self, bytes: u64) -> ApiClient {
+        let mut c = self.with_limits(self.inner.limits.clone());
+        if let Some(inner) = Arc::get_mut(&mut c.inner) {
+            inner.max_body = bytes;
+        }
+        c
+    }
+
+    /// The most bytes a response body may have (after decompression).
+    pub fn max_response_bytes(&self) -> u64 {
+        self.inner.max_body
     }
 
     /// A client like this one (same HTTP pool, base URL, tokens and retry
     /// policy) with other limits and fresh counters.
     pub fn with_limits(&self, limits: Limits) -> ApiClient {
         let i = &self.inner;
-        ApiClient::new(
+        let mut c = ApiClient::new(
             i.provider,
             i.http.clone(),
             i.base_url.clone(),
             i.auth.clone(),
             i.retry.clone(),
             limits,
-        )
+        );
+        if let Some(inner) = Arc::get_mut(&mut c.inner) {
+            inner.max_body = i.max_body;
+        }
+        c
     }
 
     /// The limits this client observes.
@@ -389,41 +415,26 @@ impl ApiClient {
                 }
                 inner.counters.requests.fetch_add(1, Ordering::Relaxed);
                 events::emit(HttpEvent::Request);
-                let outcome = match builder.send().await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let headers = resp.headers().clone();
-                        match resp.bytes().await {
-                            Ok(body) => Ok((status, headers, body)),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                let (status, headers, body) = match outcome {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        let timeout = e.is_timeout();
-                        if retries < inner.retry.max_retries {
-                            let wait = inner.retry.backoff(retries);
-                            tracing::debug!(error = %e, ?wait, "transport error, retrying");
-                            retries += 1;
-                            events::emit(HttpEvent::Retry {
-                                attempt: retries,
-                                status: None,
-                                wait,
-                            });
-                            inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        return Err(Error::Transport {
-                            provider: inner.provider,
-                            path: req.log_path.clone(),
-                            message: error_chain(&e),
-                            timeout,
+                let (status, headers, body) = match transport::send(builder, inner.max_body).await {
+                    Ok(Received {
+                        status,
+                        headers,
+                        body,
+                    }) => (status, headers, body),
+                    Err(e) if e.is_retryable() && retries < inner.retry.max_retries => {
+                        let wait = inner.retry.backoff(retries);
+                        tracing::debug!(error = %e, ?wait, "transport error, retrying");
+                        retries += 1;
+                        events::emit(HttpEvent::Retry {
+                            attempt: retries,
+                            status: None,
+                            wait,
                         });
+                        inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
+                    Err(e) => return Err(e.into_error(inner.provider, req.log_path.clone())),
                 };
                 if let Some(daily) = &inner.daily {
                     if let Some(remaining) = headers
@@ -585,7 +596,8 @@ fn is_daily_quota(body: &ApiErrorBody) -> bool {
         || body.error_key.as_deref() == Some("quota_exceeded")
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line, any URL in them replaced with
+/// `[url]` (a URL can carry a token).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -594,7 +606,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         s.push_str(&src.to_string());
         cur = src.source();
     }
-    s
+    transport::scrub_urls(&s)
 }
 
 pub(crate) use retry::parse_retry_after;

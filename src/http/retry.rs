@@ -58,24 +58,43 @@ impl RetryConfig {
     /// between half and all of `initial * multiplier^retry`, capped at
     /// `max_backoff` ("equal jitter", so concurrent clients spread out but
     /// never retry at once).
+    ///
+    /// Whatever the configuration (a negative, infinite or NaN multiplier,
+    /// a huge retry number), the result lies between zero and `max_backoff`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(retry as i32);
+        let exp = i32::try_from(retry).unwrap_or(i32::MAX);
+        let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
         let capped = base.min(self.max_backoff.as_secs_f64());
         let jittered = capped * (0.5 + 0.5 * rand::random::<f64>());
-        Duration::from_secs_f64(jittered)
+        Duration::try_from_secs_f64(jittered)
+            .unwrap_or(Duration::ZERO)
+            .min(self.max_backoff)
     }
 }
 
-/// Parses a `Retry-After` header: delay-seconds or an HTTP date.
+/// The longest delay a `Retry-After` header can ask for: a larger number
+/// (or a date further ahead) counts as this much, so arithmetic on it can
+/// never overflow. Far beyond any [`RetryConfig::max_retry_after`], it fails
+/// the request with [`crate::Error::RateLimited`] all the same.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date, at most
+/// [`MAX_RETRY_AFTER`] (negative, infinite and unparsable values: `None`).
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        // Too large for a `Duration` (`1e20`): as long as the clamp allows.
+        let d = Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_AFTER);
+        return Some(d.min(MAX_RETRY_AFTER));
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
     )
 }
 
@@ -106,5 +125,38 @@ mod tests {
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let d = parse_retry_after(&future).expect("date");
         assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30));
+    }
+
+    /// Numbers from the network never panic: huge delays are clamped to
+    /// [`MAX_RETRY_AFTER`] (and then fail the request as too long).
+    #[test]
+    fn absurd_retry_after_values_are_clamped_not_panics() {
+        for v in [
+            "1e20",
+            "1e308",
+            "18446744073709551616",
+            "9999999999999999999999",
+        ] {
+            assert_eq!(parse_retry_after(v), Some(MAX_RETRY_AFTER), "{v}");
+        }
+        assert_eq!(parse_retry_after("inf"), None);
+        assert_eq!(parse_retry_after("NaN"), None);
+        assert_eq!(parse_retry_after("-0"), Some(Duration::ZERO));
+        let far =
+            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+        assert_eq!(parse_retry_after(&far), Some(MAX_RETRY_AFTER));
+    }
+
+    /// A configuration that makes the backoff negative, infinite or NaN
+    /// gives a bounded backoff, not a panic.
+    #[test]
+    fn odd_backoff_configurations_do_not_panic() {
+        let mut cfg = RetryConfig::default();
+        for m in [-3.0, f64::NAN, f64::INFINITY, 1e300] {
+            cfg.multiplier = m;
+            for retry in [0, 1, 7, u32::MAX] {
+                assert!(cfg.backoff(retry) <= cfg.max_backoff, "{m} {retry}");
+            }
+        }
     }
 }

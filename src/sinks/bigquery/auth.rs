@@ -16,11 +16,15 @@ use url::Url;
 use super::NAME;
 use crate::auth::AccessTokenSource;
 use crate::error::AuthErrorKind;
-use crate::http::{default_http_client, error_chain, parse_retry_after, RetryConfig};
+use crate::http::{default_http_client, parse_retry_after, send_request, Received, RetryConfig};
 use crate::{Error, Result};
 
 /// The scope the sink asks for.
 pub const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+
+/// The longest a token answer's `expires_in` is believed (Google's tokens
+/// live an hour).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Google's token endpoint, when a key names none.
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -170,6 +174,7 @@ pub struct ServiceAccountTokenSource {
     scope: String,
     http: reqwest::Client,
     retry: RetryConfig,
+    max_body: u64,
     margin: Duration,
     current: std::sync::RwLock<Option<Cached>>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -201,6 +206,7 @@ impl ServiceAccountTokenSource {
             scope: BIGQUERY_SCOPE.to_owned(),
             http: default_http_client(Duration::from_secs(60))?,
             retry: RetryConfig::default(),
+            max_body: crate::http::DEFAULT_MAX_RESPONSE_BYTES,
             margin: Duration::from_secs(300),
             current: std::sync::RwLock::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -227,6 +233,13 @@ impl ServiceAccountTokenSource {
     /// Retries of the token exchange.
     pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The most bytes of a token answer (default
+    /// [`crate::http::DEFAULT_MAX_RESPONSE_BYTES`]).
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
         self
     }
 
@@ -277,7 +290,9 @@ impl ServiceAccountTokenSource {
             return Ok(t);
         }
         let (token, lifetime) = self.exchange().await?;
-        let lifetime = Duration::from_secs(lifetime);
+        // A lifetime from the network: at most a day, so `now + lifetime`
+        // cannot overflow (and a token is never trusted for longer).
+        let lifetime = Duration::from_secs(lifetime).min(MAX_TOKEN_LIFETIME);
         // A token shorter-lived than twice the margin is used for half its life.
         let margin = self.margin.min(lifetime / 2);
         *self
@@ -285,7 +300,9 @@ impl ServiceAccountTokenSource {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + lifetime - margin,
+            refresh_at: Instant::now()
+                .checked_add(lifetime.saturating_sub(margin))
+                .unwrap_or_else(Instant::now),
         });
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(account = %self.key.client_email, "bigquery: service-account token obtained");
@@ -302,42 +319,29 @@ impl ServiceAccountTokenSource {
                 .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
                 .append_pair("assertion", &assertion)
                 .finish();
-            let sent = self
+            let request = self
                 .http
                 .post(url.clone())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(form)
-                .send()
-                .await;
-            let resp = match sent {
+                .body(form);
+            let Received {
+                status,
+                headers,
+                body,
+            } = match send_request(request, self.max_body).await {
                 Ok(r) => r,
-                Err(e) if retries < self.retry.max_retries => {
+                Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
                     tracing::debug!(error = %e, "bigquery: token endpoint unreachable, retrying");
                     tokio::time::sleep(self.retry.backoff(retries)).await;
                     retries += 1;
                     continue;
                 }
-                Err(e) => {
-                    return Err(Error::Transport {
-                        provider: NAME,
-                        path: url.path().to_owned(),
-                        message: error_chain(&e),
-                        timeout: e.is_timeout(),
-                    })
-                }
+                Err(e) => return Err(e.into_error(NAME, url.path())),
             };
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
+            let retry_after = headers
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let body = resp.bytes().await.map_err(|e| Error::Transport {
-                provider: NAME,
-                path: url.path().to_owned(),
-                message: error_chain(&e),
-                timeout: e.is_timeout(),
-            })?;
             if status.is_success() {
                 let answer: TokenAnswer =
                     serde_json::from_slice(&body).map_err(|e| Error::Auth {

@@ -19,7 +19,7 @@ use super::values::{decode_row, ResultField};
 use super::NAME;
 use crate::auth::AccessTokenSource;
 use crate::error::{ApiErrorBody, AuthErrorKind};
-use crate::http::{error_chain, parse_retry_after, RetryConfig};
+use crate::http::{parse_retry_after, send_request, Received, RetryConfig};
 use crate::{Error, Result};
 
 /// `ErrorProto` of the discovery document.
@@ -186,6 +186,8 @@ pub(crate) struct Http {
     pub client: reqwest::Client,
     pub auth: Option<Arc<dyn AccessTokenSource>>,
     pub retry: RetryConfig,
+    /// The most bytes of one response body (decompressed).
+    pub max_body: u64,
 }
 
 /// A final answer: status and body (success or not).
@@ -248,35 +250,26 @@ impl Http {
                     .header(CONTENT_TYPE, b.content_type.as_str())
                     .body(b.bytes.clone());
             }
-            let sent = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
+            let (status, retry_after, bytes) = match send_request(req, self.max_body).await {
+                Ok(Received {
+                    status,
+                    headers,
+                    body,
+                }) => {
+                    let retry_after = headers
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
-                    resp.bytes().await.map(|b| (status, retry_after, b))
+                    (status, retry_after, body)
                 }
-                Err(e) => Err(e),
-            };
-            let (status, retry_after, bytes) = match sent {
-                Ok(x) => x,
-                Err(e) => {
-                    if retries < self.retry.max_retries {
-                        let wait = self.retry.backoff(retries);
-                        tracing::debug!(error = %e, ?wait, "bigquery: transport error, retrying");
-                        retries += 1;
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(Error::Transport {
-                        provider: NAME,
-                        path: url.path().to_owned(),
-                        message: error_chain(&e),
-                        timeout: e.is_timeout(),
-                    });
+                Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
+                    let wait = self.retry.backoff(retries);
+                    tracing::debug!(error = %e, ?wait, "bigquery: transport error, retrying");
+                    retries += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
+                Err(e) => return Err(e.into_error(NAME, url.path())),
             };
             if status == StatusCode::UNAUTHORIZED {
                 if let (Some(auth), Some(token), false) = (&self.auth, &token, refreshed) {

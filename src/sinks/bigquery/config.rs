@@ -50,6 +50,7 @@ pub struct BigQuerySinkBuilder {
     retry: RetryConfig,
     http: Option<reqwest::Client>,
     max_upload_bytes: usize,
+    max_response_bytes: u64,
     number_type: NumberType,
     staging_expiration: Duration,
     job_timeout: Duration,
@@ -90,6 +91,7 @@ impl BigQuerySinkBuilder {
             retry: RetryConfig::default(),
             http: None,
             max_upload_bytes: 64 * 1024 * 1024,
+            max_response_bytes: crate::http::DEFAULT_MAX_RESPONSE_BYTES,
             number_type: NumberType::default(),
             staging_expiration: Duration::from_secs(24 * 3600),
             job_timeout: Duration::from_secs(30 * 60),
@@ -200,6 +202,15 @@ impl BigQuerySinkBuilder {
         self
     }
 
+    /// The most bytes one response body may have after decompression
+    /// (default [`crate::http::DEFAULT_MAX_RESPONSE_BYTES`], 64 MiB); a
+    /// larger one fails the call with [`Error::ResponseTooLarge`]. Also
+    /// applies to the service-account token exchange.
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
     /// The column type of `Number` fields (default NUMERIC).
     pub fn number_type(mut self, number_type: NumberType) -> Self {
         self.number_type = number_type;
@@ -259,7 +270,8 @@ impl BigQuerySinkBuilder {
             AuthConfig::ServiceAccount(key) => Some(Arc::new(
                 ServiceAccountTokenSource::new(*key)?
                     .http_client(client.clone())
-                    .retry(self.retry.clone()),
+                    .retry(self.retry.clone())
+                    .max_response_bytes(self.max_response_bytes),
             )),
             AuthConfig::Source(s) => Some(s),
         };
@@ -274,6 +286,7 @@ impl BigQuerySinkBuilder {
                 client,
                 auth,
                 retry: self.retry,
+                max_body: self.max_response_bytes,
             },
             base: join("bigquery/v2/")?,
             upload: join("upload/bigquery/v2/")?,

@@ -163,6 +163,7 @@ pub struct ConstantContactBuilder {
     accepted_retry: Option<RetryConfig>,
     limits: Option<Limits>,
     timeout: Option<Duration>,
+    max_response_bytes: Option<u64>,
 }
 
 impl ConstantContactBuilder {
@@ -219,6 +220,15 @@ impl ConstantContactBuilder {
         self
     }
 
+    /// The most bytes one response body may have after decompression
+    /// (default [`crate::http::DEFAULT_MAX_RESPONSE_BYTES`], 64 MiB); a
+    /// larger one (an endless body, a gzip bomb) fails the request with
+    /// [`Error::ResponseTooLarge`].
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_response_bytes = Some(bytes);
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> Result<ConstantContact> {
         let auth = self.auth.ok_or_else(|| Error::Auth {
@@ -243,6 +253,10 @@ impl ConstantContactBuilder {
             self.retry.unwrap_or_default(),
             self.limits.unwrap_or_else(default_limits),
         );
+        let client = match self.max_response_bytes {
+            Some(n) => client.with_max_response_bytes(n),
+            None => client,
+        };
         Ok(ConstantContact {
             client,
             accepted_retry: Arc::new(self.accepted_retry.unwrap_or_else(|| {

@@ -120,6 +120,7 @@ pub struct HubSpotBuilder {
     limits: Option<Limits>,
     daily: Option<DailyLimit>,
     timeout: Option<Duration>,
+    max_response_bytes: Option<u64>,
 }
 
 impl HubSpotBuilder {
@@ -196,6 +197,15 @@ impl HubSpotBuilder {
         self
     }
 
+    /// The most bytes one response body may have after decompression
+    /// (default [`crate::http::DEFAULT_MAX_RESPONSE_BYTES`], 64 MiB); a
+    /// larger one (an endless body, a gzip bomb) fails the request with
+    /// [`Error::ResponseTooLarge`].
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_response_bytes = Some(bytes);
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> Result<HubSpot> {
         let (auth, kind) = self.auth.ok_or_else(|| Error::Auth {
@@ -226,6 +236,10 @@ impl HubSpotBuilder {
             self.retry.unwrap_or_default(),
             limits,
         );
+        let client = match self.max_response_bytes {
+            Some(n) => client.with_max_response_bytes(n),
+            None => client,
+        };
         Ok(HubSpot { client, kind })
     }
 }

@@ -176,32 +176,16 @@ pub async fn oauth_metadata_at(
     let path = url.path().to_owned();
     let mut retries = 0;
     loop {
-        let sent = http
-            .get(url.clone())
-            .header(AUTHORIZATION, auth.clone())
-            .send()
-            .await;
-        let (status, body) = match sent {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(b) => (status, b),
-                    Err(e) if retries < retry.max_retries => {
-                        tracing::debug!(error = %e, "metadata: transport error, retrying");
-                        retries += 1;
-                        tokio::time::sleep(retry.backoff(retries - 1)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(transport(&path, &e)),
-                }
-            }
-            Err(e) if retries < retry.max_retries => {
+        let request = http.get(url.clone()).header(AUTHORIZATION, auth.clone());
+        let (status, body) = match crate::http::send_request(request, MAX_METADATA_BYTES).await {
+            Ok(r) => (r.status.as_u16(), r.body),
+            Err(e) if e.is_retryable() && retries < retry.max_retries => {
                 tracing::debug!(error = %e, "metadata: transport error, retrying");
                 retries += 1;
                 tokio::time::sleep(retry.backoff(retries - 1)).await;
                 continue;
             }
-            Err(e) => return Err(transport(&path, &e)),
+            Err(e) => return Err(e.into_error(PROVIDER, path)),
         };
         match status {
             200..=299 => {
@@ -231,14 +215,8 @@ pub async fn oauth_metadata_at(
     }
 }
 
-fn transport(path: &str, e: &reqwest::Error) -> Error {
-    Error::Transport {
-        provider: PROVIDER,
-        path: path.to_owned(),
-        message: crate::http::error_chain(e),
-        timeout: e.is_timeout(),
-    }
-}
+/// The most bytes of a metadata answer (a few hundred in practice).
+const MAX_METADATA_BYTES: u64 = 1024 * 1024;
 
 /// Builds a [`Mailchimp`] client.
 #[derive(Debug, Default)]
@@ -249,6 +227,7 @@ pub struct MailchimpBuilder {
     retry: Option<RetryConfig>,
     limits: Option<Limits>,
     timeout: Option<Duration>,
+    max_response_bytes: Option<u64>,
 }
 
 impl MailchimpBuilder {
@@ -323,6 +302,15 @@ impl MailchimpBuilder {
         self
     }
 
+    /// The most bytes one response body may have after decompression
+    /// (default [`crate::http::DEFAULT_MAX_RESPONSE_BYTES`], 64 MiB); a
+    /// larger one (an endless body, a gzip bomb) fails the request with
+    /// [`Error::ResponseTooLarge`].
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_response_bytes = Some(bytes);
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> Result<Mailchimp> {
         let auth = self.auth.ok_or_else(|| Error::Auth {
@@ -350,6 +338,10 @@ impl MailchimpBuilder {
             self.retry.unwrap_or_default(),
             limits,
         );
+        let client = match self.max_response_bytes {
+            Some(n) => client.with_max_response_bytes(n),
+            None => client,
+        };
         Ok(Mailchimp { client })
     }
 }
