@@ -28,6 +28,34 @@ impl<T, C> Paged<T, C> {
     }
 }
 
+/// The repeat detection of one walk over upstream cursors: remembers every
+/// cursor it was shown (as a 64-bit hash) and says when one comes again.
+/// [`paginate`] uses it, and so does every other loop that follows cursors
+/// a server hands out (`HubSpot`'s association result pages, BigQuery's
+/// query result pages), so none of them can loop forever on a server that
+/// repeats itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CursorGuard {
+    hasher: std::collections::hash_map::RandomState,
+    seen: HashSet<u64>,
+}
+
+impl CursorGuard {
+    pub(crate) fn new() -> Self {
+        CursorGuard::default()
+    }
+
+    /// True the first time `cursor` is shown, false on any later time.
+    pub(crate) fn first_time<C: Hash + ?Sized>(&mut self, cursor: &C) -> bool {
+        self.seen.insert(self.hasher.hash_one(cursor))
+    }
+
+    /// How many distinct cursors were shown.
+    pub(crate) fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
 /// Turns "fetch the page at this cursor" into a stream of pages.
 ///
 /// - Nothing is fetched until the stream is polled.
@@ -50,15 +78,14 @@ where
 {
     struct St<C> {
         cursor: Option<C>,
-        seen: HashSet<u64>,
+        seen: CursorGuard,
         pages: u64,
         done: bool,
         what: String,
     }
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut seen = HashSet::new();
+    let mut seen = CursorGuard::new();
     if let Some(c) = &start {
-        seen.insert(hasher.hash_one(c));
+        seen.first_time(c);
     }
     let st = St {
         cursor: start,
@@ -69,7 +96,6 @@ where
     };
     futures::stream::unfold(st, move |mut st| {
         let fut = (!st.done).then(|| fetch(st.cursor.clone()));
-        let hasher = hasher.clone();
         async move {
             let page = match fut?.await {
                 Ok(page) => page,
@@ -82,7 +108,7 @@ where
             match &page.next {
                 None => st.done = true,
                 Some(next) => {
-                    if !st.seen.insert(hasher.hash_one(next)) {
+                    if !st.seen.first_time(next) {
                         st.done = true;
                         let err = Error::CursorRepeated {
                             provider,

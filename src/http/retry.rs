@@ -83,6 +83,11 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<f64>() {
+        // A number too long for an `f64` ("99…9", "1e400") asks for the clamp;
+        // "inf", "NaN" and negative numbers ask for nothing.
+        if secs.is_infinite() && v.starts_with(|c: char| c.is_ascii_digit()) {
+            return Some(MAX_RETRY_AFTER);
+        }
         if !secs.is_finite() || secs < 0.0 {
             return None;
         }

@@ -20,6 +20,7 @@ use super::NAME;
 use crate::auth::AccessTokenSource;
 use crate::error::{ApiErrorBody, AuthErrorKind};
 use crate::http::{parse_retry_after, send_request, Received, RetryConfig};
+use crate::paginate::CursorGuard;
 use crate::{Error, Result};
 
 /// `ErrorProto` of the discovery document.
@@ -636,6 +637,8 @@ impl Api {
         let start = Instant::now();
         let mut out = QueryOutput::default();
         let mut fields: Option<Vec<ResultField>> = None;
+        // Page tokens followed so far: one the server repeats ends the read.
+        let mut tokens = CursorGuard::new();
         loop {
             if !resp.errors.is_empty() {
                 return Err(job_failure(what, &resp.errors[0], &resp.errors));
@@ -652,8 +655,17 @@ impl Api {
                 if let Some(f) = &fields {
                     out.rows.extend(resp.rows.iter().map(|r| decode_row(f, r)));
                 }
-                if resp.page_token.as_deref().is_none_or(str::is_empty) {
-                    return Ok(out);
+                match resp.page_token.as_deref() {
+                    None | Some("") => return Ok(out),
+                    Some(token) if !tokens.first_time(token) => {
+                        return Err(JobFailure::Fatal(Error::CursorRepeated {
+                            provider: NAME,
+                            what: format!("{what}: query result pages"),
+                            cursor: token.to_owned(),
+                            pages: tokens.len() as u64,
+                        }));
+                    }
+                    Some(_) => {}
                 }
             } else if start.elapsed() > self.job_timeout {
                 return Err(JobFailure::Fatal(Error::Sink {
@@ -752,6 +764,59 @@ mod tests {
         assert_eq!(reason.as_deref(), Some("notFound"));
         let (e, reason) = google_error(b"<html>bad gateway</html>");
         assert!(e.message.is_none() && reason.is_none());
+    }
+
+    /// A server that hands out the same page token forever: the read ends
+    /// with [`Error::CursorRepeated`] after the second page.
+    #[cfg(feature = "testkit")]
+    #[tokio::test]
+    async fn a_query_page_token_that_never_ends_is_an_error_not_a_loop() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        let page = json!({
+            "jobReference": {"projectId": "p", "jobId": "j1"},
+            "jobComplete": true,
+            "schema": {"fields": [{"name": "id", "type": "STRING"}]},
+            "rows": [{"f": [{"v": "1"}]}],
+            "pageToken": "SAME-TOKEN",
+        });
+        Mock::given(method("POST"))
+            .and(path("/bigquery/v2/projects/p/queries"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&page))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/bigquery/v2/projects/p/queries/j1"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&page))
+            .mount(&server)
+            .await;
+        let base = Url::parse(&server.uri()).expect("url");
+        let api = Api {
+            http: Http {
+                client: reqwest::Client::new(),
+                auth: None,
+                retry: RetryConfig::none(),
+                max_body: crate::http::DEFAULT_MAX_RESPONSE_BYTES,
+            },
+            base: base.join("bigquery/v2/").expect("url"),
+            upload: base.join("upload/bigquery/v2/").expect("url"),
+            project: "p".into(),
+            location: None,
+            poll_max: Duration::from_millis(10),
+            job_timeout: Duration::from_secs(10),
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), api.query("SELECT 1", &[], "q"))
+            .await
+            .expect("the read ends");
+        match got {
+            Err(Error::CursorRepeated { cursor, pages, .. }) => {
+                assert_eq!(cursor, "SAME-TOKEN");
+                assert_eq!(pages, 1);
+            }
+            other => panic!("expected CursorRepeated, got {other:?}"),
+        }
+        assert_eq!(server.received_requests().await.map(|r| r.len()), Some(2));
     }
 
     #[test]

@@ -39,6 +39,7 @@ use serde_json::{json, Map, Value};
 use super::{enc, HubSpot, HubSpotSource, PROVIDER};
 use crate::error::ApiErrorBody;
 use crate::http::RequestClass;
+use crate::paginate::CursorGuard;
 use crate::schema::{Field, FieldType, StreamSchema};
 use crate::source::{Page, Record, StreamState};
 use crate::{Error, Result};
@@ -179,6 +180,8 @@ impl Associations {
     /// [`MAX_ASSOCIATION_BATCH`]), in as many batch reads as their result
     /// pages need: one, plus one for each further page of the records with
     /// the most associations. Records without associations are left out;
+    /// a result cursor `HubSpot` repeats for a record fails the read with
+    /// [`Error::CursorRepeated`];
     /// an error `HubSpot` reports for an input other than "no associations"
     /// fails the read (see the module docs).
     pub async fn read(&self, ids: &[String]) -> Result<Vec<Association>> {
@@ -191,6 +194,9 @@ impl Associations {
         let mut out = Vec::new();
         let mut pending: VecDeque<(String, Option<String>)> =
             ids.iter().map(|id| (id.clone(), None)).collect();
+        // Every (record, cursor) followed so far: a cursor HubSpot hands out
+        // again for the same record ends the read instead of looping.
+        let mut followed = CursorGuard::new();
         while !pending.is_empty() {
             let n = pending.len().min(MAX_ASSOCIATION_BATCH);
             let inputs: Vec<(String, Option<String>)> = pending.drain(..n).collect();
@@ -198,6 +204,17 @@ impl Associations {
             for r in answer.results {
                 let from_id = r.from.id;
                 if let Some(after) = r.paging.and_then(|p| p.next).map(|n| n.after) {
+                    if !followed.first_time(&(from_id.as_str(), after.as_str())) {
+                        return Err(Error::CursorRepeated {
+                            provider: PROVIDER,
+                            what: format!(
+                                "{} to {} associations of record {from_id}",
+                                self.from, self.to
+                            ),
+                            cursor: after,
+                            pages: followed.len() as u64,
+                        });
+                    }
                     pending.push_back((from_id.clone(), Some(after)));
                 }
                 out.extend(r.to.into_iter().map(|t| Association {
