@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use headwater::auth::{
-    AccessTokenSource, MemoryTokenStore, OAuthClient, OAuthConfig, TokenProvider, TokenSet,
-    TokenStore,
+    AccessTokenSource, MemoryTokenStore, OAuthClient, OAuthConfig, TokenLease, TokenProvider,
+    TokenSet, TokenStore,
 };
 use headwater::testkit::hubspot::{FakeConfig, HubSpotFake};
 use headwater::{Error, Result};
@@ -37,6 +37,9 @@ impl TokenStore for FlakyStore {
             });
         }
         self.inner.save(key, tokens).await
+    }
+    async fn lock(&self, key: &str) -> Result<TokenLease> {
+        self.inner.lock(key).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
@@ -174,4 +177,74 @@ async fn a_connection_marked_for_reauthorization_takes_a_new_grant_from_configur
         .expect("load")
         .expect("some")
         .needs_reauthorization());
+}
+
+/// A store another writer changes behind the lease: on the `nth` load it
+/// first saves `write` (as a process that did not take the lease would).
+#[derive(Debug)]
+struct RogueWriterStore {
+    inner: MemoryTokenStore,
+    loads: AtomicUsize,
+    nth: usize,
+    write: TokenSet,
+}
+
+#[async_trait]
+impl TokenStore for RogueWriterStore {
+    async fn load(&self, key: &str) -> Result<Option<TokenSet>> {
+        if self.loads.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+            self.inner.save(key, &self.write).await?;
+        }
+        self.inner.load(key).await
+    }
+    async fn lock(&self, key: &str) -> Result<TokenLease> {
+        self.inner.lock(key).await
+    }
+    async fn save(&self, key: &str, tokens: &TokenSet) -> Result<()> {
+        self.inner.save(key, tokens).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn keys(&self) -> Result<Vec<String>> {
+        self.inner.keys().await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_refresh_adopts_a_newer_stored_token_instead_of_marking() {
+    let fake = HubSpotFake::start(rotating_fake_config()).await;
+    let (_, newer) = fake.mint_tokens();
+    // Loads: 1 by `new`, 2 under the lease before refreshing, 3 after the
+    // refusal: the newer token appears between 2 and 3.
+    let store = Arc::new(RogueWriterStore {
+        inner: MemoryTokenStore::new(),
+        loads: AtomicUsize::new(0),
+        nth: 3,
+        write: TokenSet::from_refresh_token(newer.clone().into()),
+    });
+    let provider = TokenProvider::new(
+        oauth(&fake),
+        store.clone(),
+        "hubspot/rogue",
+        Some(TokenSet::from_refresh_token("spent-refresh-token".into())),
+    )
+    .await
+    .expect("provider");
+    provider
+        .access_token()
+        .await
+        .expect("the newer refresh token is adopted and used");
+    let stored = store
+        .inner
+        .load("hubspot/rogue")
+        .await
+        .expect("load")
+        .expect("tokens");
+    assert!(!stored.needs_reauthorization(), "falsely marked");
+    let rotated = stored
+        .refresh_token
+        .map(|r| r.expose_secret().to_owned())
+        .expect("refresh token");
+    assert_ne!(rotated, newer, "the newer token was spent and rotated");
 }

@@ -461,6 +461,9 @@ impl TokenStore for CrashingStore {
     async fn load(&self, key: &str) -> Result<Option<TokenSet>> {
         self.inner.load(key).await
     }
+    async fn lock(&self, key: &str) -> Result<headwater::auth::TokenLease> {
+        self.inner.lock(key).await
+    }
     async fn save(&self, key: &str, tokens: &TokenSet) -> Result<()> {
         if self.keep {
             self.inner.save(key, tokens).await?;
