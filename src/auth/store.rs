@@ -69,8 +69,10 @@ pub trait TokenStore: Send + Sync + std::fmt::Debug {
     /// The tokens stored under `key`.
     async fn load(&self, key: &str) -> Result<Option<TokenSet>>;
     /// Takes the refresh lease of `key`: held (across processes sharing the
-    /// store) until the returned guard is dropped. See the trait's docs for
-    /// what an implementation must guarantee.
+    /// store) until the returned guard is dropped. Not reentrant: a second
+    /// `lock` of the same key waits for the first guard, even in the same
+    /// task. See the trait's docs for what an implementation must
+    /// guarantee.
     async fn lock(&self, key: &str) -> Result<TokenLease>;
     /// Replaces the tokens under `key`, durably, before returning.
     async fn save(&self, key: &str, tokens: &TokenSet) -> Result<()>;
@@ -85,7 +87,8 @@ pub trait TokenStore: Send + Sync + std::fmt::Debug {
     /// is refused; call it for connections without refresh (a revoked
     /// Mailchimp token). Connecting the account again saves a fresh set.
     ///
-    /// Done under the key's lease, onto what the store holds then.
+    /// Done under the key's lease, onto what the store holds then (so do
+    /// not call it while holding that lease: leases are not reentrant).
     async fn mark_reauthorization_needed(&self, key: &str, reason: &str) -> Result<()> {
         let _lease = self.lock(key).await?;
         let mut tokens = self.load(key).await?.unwrap_or_default();
