@@ -17,9 +17,11 @@
 //! `CONSTANT_CONTACT_BASE_URL` (default `https://api.cc.email/v3`) and
 //! `CONSTANT_CONTACT_TOKEN_URL` (default Constant Contact's token endpoint).
 //! Refresh tokens may rotate (each refresh spends the old one): the new one
-//! is written to a token store before it is used: an encrypted file under
-//! `.headwater-tokens` when `HEADWATER_TOKEN_KEY` (base64 of 32 bytes) is
-//! set, else memory only (and the next run needs the newest refresh token).
+//! is written to a token store before it is used: encrypted files under
+//! `.headwater-tokens`, with the key `HEADWATER_TOKEN_KEY` (base64 of 32
+//! bytes) or, without it, one generated on first use and kept in
+//! `.headwater-tokens/encryption.key` (mode 0600). The next run starts from
+//! the stored refresh token. (The bundled fake's tokens stay in memory.)
 //!
 //! With no Constant Contact credentials it starts the bundled fake (4
 //! requests per second, rotating refresh tokens, `--fake-contacts`
@@ -38,10 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use headwater::auth::{
-    EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, OAuthClient, TokenProvider, TokenSet,
-    TokenStore,
-};
+use headwater::auth::{OAuthClient, TokenProvider, TokenSet, TokenStore};
 use headwater::constant_contact::{
     default_limits, oauth_config, ConstantContact, ConstantContactSource, DAILY_QUOTA,
     DEFAULT_BASE_URL, STREAM_CAMPAIGN_SUMMARIES, STREAM_CONTACTS, STREAM_EMAIL_CAMPAIGNS,
@@ -102,28 +101,17 @@ fn limits(args: &common::SourceArgs) -> Limits {
     }
 }
 
-/// Where refreshed tokens go: an encrypted file store with
-/// `HEADWATER_TOKEN_KEY`, else memory.
-fn token_store(args: &common::SourceArgs) -> Result<Arc<dyn TokenStore>, common::BoxError> {
-    Ok(match common::env("HEADWATER_TOKEN_KEY") {
-        Some(k) => {
-            eprintln!(
-                "tokens: refreshed tokens are saved encrypted under {}",
-                args.token_dir
-            );
-            Arc::new(EncryptedFileTokenStore::open(
-                &args.token_dir,
-                EncryptionKey::from_base64(&k)?,
-            )?)
-        }
-        None => {
-            eprintln!(
-                "note: HEADWATER_TOKEN_KEY is not set; a rotated refresh token is kept in memory \
-                 only, so the next run needs the newest one"
-            );
-            Arc::new(MemoryTokenStore::new())
-        }
-    })
+/// Where refreshed tokens go: the encrypted file store of the examples for
+/// a real account (a rotated refresh token must survive the run), memory
+/// for the bundled fake's throwaway tokens.
+fn token_store(
+    args: &common::SourceArgs,
+    fake: bool,
+) -> Result<Arc<dyn TokenStore>, common::BoxError> {
+    if fake {
+        return Ok(common::fake_token_store());
+    }
+    common::token_store(&args.token_dir)
 }
 
 /// The source from the environment, or the bundled fake (kept alive by the
@@ -188,7 +176,7 @@ async fn cc_source(
     }
     let tokens = TokenProvider::new(
         OAuthClient::new(config)?,
-        token_store(args)?,
+        token_store(args, fake.is_some())?,
         key,
         Some(TokenSet::from_refresh_token(refresh.into())),
     )

@@ -7,9 +7,10 @@
 //! Credentials, from the environment:
 //! - `HUBSPOT_ACCESS_TOKEN`: a private-app token; or
 //! - `HUBSPOT_CLIENT_ID`, `HUBSPOT_CLIENT_SECRET`, `HUBSPOT_REFRESH_TOKEN`: an
-//!   OAuth app and a connected account's refresh token. Set
-//!   `HEADWATER_TOKEN_KEY` (base64 of 32 bytes) to keep refreshed tokens in an
-//!   encrypted store under `DIR/.tokens`.
+//!   OAuth app and a connected account's refresh token. Refreshed tokens are
+//!   kept in an encrypted store under `DIR/.tokens`, with the key
+//!   `HEADWATER_TOKEN_KEY` (base64 of 32 bytes) or one generated on first
+//!   use in `DIR/.tokens/encryption.key` (mode 0600).
 //! - `HUBSPOT_BASE_URL`: the API's address (default `https://api.hubapi.com`).
 //!
 //! With no credentials it starts the bundled HubSpot fake (from

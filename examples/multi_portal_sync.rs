@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The portals are the connections in the token store (`--token-dir`,
-//! encrypted with `HEADWATER_TOKEN_KEY`), one key `hubspot/<name>` per
+//! encrypted with `HEADWATER_TOKEN_KEY`, or with the key generated on first
+//! use in `<token-dir>/encryption.key`, mode 0600), one key `hubspot/<name>` per
 //! portal, as an OAuth connect flow saves them; the OAuth app is
 //! `HUBSPOT_CLIENT_ID`/`HUBSPOT_CLIENT_SECRET` at `HUBSPOT_BASE_URL`. With
 //! no app configured, the bundled fake serves `--fake-portals` portals on one
@@ -36,10 +37,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use headwater::auth::{
-    EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, OAuthClient, OAuthConfig,
-    TokenProvider, TokenSet, TokenStore,
-};
+use headwater::auth::{OAuthClient, OAuthConfig, TokenProvider, TokenSet, TokenStore};
 use headwater::hubspot::{HubSpot, HubSpotSource};
 use headwater::schedule::{Schedule, Scheduler};
 use headwater::sinks::postgres::PostgresSink;
@@ -159,10 +157,7 @@ async fn portals(args: &Args) -> Result<Portals, common::BoxError> {
     ) {
         let base = common::env("HUBSPOT_BASE_URL")
             .unwrap_or_else(|| headwater::hubspot::DEFAULT_BASE_URL.into());
-        let key = common::env("HEADWATER_TOKEN_KEY")
-            .ok_or("set HEADWATER_TOKEN_KEY: the connected portals' tokens are kept encrypted")?;
-        let store =
-            EncryptedFileTokenStore::open(&args.token_dir, EncryptionKey::from_base64(&key)?)?;
+        let store = common::token_store(&args.token_dir)?;
         eprintln!(
             "source: HubSpot OAuth app {id} at {base}, portals from the token store {}",
             args.token_dir
@@ -174,7 +169,7 @@ async fn portals(args: &Args) -> Result<Portals, common::BoxError> {
         return Ok(Portals {
             oauth,
             base_url: base,
-            store: Arc::new(store),
+            store,
             _fake: None,
         });
     }
@@ -200,7 +195,7 @@ async fn portals(args: &Args) -> Result<Portals, common::BoxError> {
         fake.portals(),
         args.fake_contacts
     );
-    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let store = common::fake_token_store();
     for i in 0..fake.portals() {
         let portal = fake.portal(i);
         let (access, refresh) = portal.mint_tokens();

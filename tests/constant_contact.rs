@@ -428,7 +428,7 @@ async fn connecting_uses_pkce_and_http_basic_client_auth() {
     }
     let back = fake.consent(&req.url);
     let tokens = oauth
-        .exchange_code(&req.pending, &Callback::from_query(&back))
+        .exchange_code(req.pending, &Callback::from_query(&back))
         .await
         .expect("exchange");
     assert!(tokens.refresh_token.is_some() && tokens.expires_at.is_some());
@@ -441,7 +441,7 @@ async fn connecting_uses_pkce_and_http_basic_client_auth() {
     pending["pkce_verifier"] = Value::String("x".repeat(64));
     let forged: PendingAuthorization = serde_json::from_value(pending).expect("pending");
     let err = oauth
-        .exchange_code(&forged, &Callback::from_query(&back))
+        .exchange_code(forged, &Callback::from_query(&back))
         .await
         .expect_err("PKCE must fail");
     assert!(err.needs_reauthorization(), "{err}");
@@ -460,6 +460,9 @@ struct CrashingStore {
 impl TokenStore for CrashingStore {
     async fn load(&self, key: &str) -> Result<Option<TokenSet>> {
         self.inner.load(key).await
+    }
+    async fn lock(&self, key: &str) -> Result<headwater::auth::TokenLease> {
+        self.inner.lock(key).await
     }
     async fn save(&self, key: &str, tokens: &TokenSet) -> Result<()> {
         if self.keep {

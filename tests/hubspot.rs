@@ -404,16 +404,22 @@ async fn oauth_connect_checks_state_exchanges_the_code_and_identifies_the_accoun
     let req = oauth.authorize_url();
     let code = fake.authorize(&["oauth", "crm.objects.contacts.read"]);
     let forged = Callback::from_query(&format!("code={code}&state=forged"));
-    assert!(oauth.exchange_code(&req.pending, &forged).await.is_err());
+    assert!(oauth
+        .exchange_code(oauth.authorize_url().pending, &forged)
+        .await
+        .is_err());
     let cb = Callback::from_query(&format!("code={code}&state={}", req.pending.state()));
+    // A copy, as a replayed session entry would be.
+    let replayed: headwater::auth::PendingAuthorization =
+        serde_json::from_value(serde_json::to_value(&req.pending).expect("json")).expect("copy");
     let tokens = oauth
-        .exchange_code(&req.pending, &cb)
+        .exchange_code(req.pending, &cb)
         .await
         .expect("exchange");
     assert!(tokens.refresh_token.is_some() && tokens.expires_at.is_some());
     // A code is single use.
     let err = oauth
-        .exchange_code(&req.pending, &cb)
+        .exchange_code(replayed, &cb)
         .await
         .expect_err("reused code");
     assert!(err.needs_reauthorization(), "{err}");

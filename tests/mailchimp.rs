@@ -583,8 +583,11 @@ async fn oauth_connect_then_the_metadata_endpoint_names_the_data_centre() {
     assert_eq!(q["redirect_uri"], "http://127.0.0.1:8765/callback");
     let code = fake.issue_code();
     let cb = Callback::from_query(&format!("code={code}&state={}", req.pending.state()));
+    // A copy, as a replayed session entry would be.
+    let replayed: headwater::auth::PendingAuthorization =
+        serde_json::from_value(serde_json::to_value(&req.pending).expect("json")).expect("copy");
     let tokens = oauth
-        .exchange_code(&req.pending, &cb)
+        .exchange_code(req.pending, &cb)
         .await
         .expect("exchange");
     assert!(
@@ -594,7 +597,7 @@ async fn oauth_connect_then_the_metadata_endpoint_names_the_data_centre() {
     let token = tokens.access_token.expect("access token");
     // A code is single use.
     let err = oauth
-        .exchange_code(&req.pending, &cb)
+        .exchange_code(replayed, &cb)
         .await
         .expect_err("reused");
     assert!(err.needs_reauthorization(), "{err}");
@@ -1163,7 +1166,7 @@ async fn a_token_answer_without_token_type_as_mailchimp_documents_it() {
         req.pending.state()
     ));
     let tokens = oauth
-        .exchange_code(&req.pending, &cb)
+        .exchange_code(req.pending, &cb)
         .await
         .expect("a token answer without token_type is still a token");
     assert!(tokens.access_token.is_some() && tokens.refresh_token.is_none());

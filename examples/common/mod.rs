@@ -30,7 +30,7 @@ pub struct SourceArgs {
     pub rate_limit: Option<Option<u32>>,
     pub full_refresh: bool,
     pub quiet: bool,
-    /// Where refreshed OAuth tokens are kept (with `HEADWATER_TOKEN_KEY`).
+    /// Where refreshed OAuth tokens are kept, encrypted (see [`token_store`]).
     pub token_dir: String,
 }
 
@@ -143,19 +143,9 @@ pub async fn hubspot_source(
             OAuthConfig::hubspot(id.clone(), secret.into())
                 .with_token_url(&format!("{}/oauth/v1/token", base.trim_end_matches('/')))?,
         )?;
-        let store: Arc<dyn TokenStore> = match env("HEADWATER_TOKEN_KEY") {
-            Some(k) => Arc::new(EncryptedFileTokenStore::open(
-                &args.token_dir,
-                EncryptionKey::from_base64(&k)?,
-            )?),
-            None => {
-                eprintln!("note: HEADWATER_TOKEN_KEY is not set; refreshed tokens are kept in memory only");
-                Arc::new(MemoryTokenStore::new())
-            }
-        };
         let tokens = TokenProvider::new(
             oauth,
-            store,
+            token_store(&args.token_dir)?,
             format!("hubspot/{id}"),
             Some(TokenSet::from_refresh_token(refresh.into())),
         )
@@ -189,6 +179,41 @@ pub async fn hubspot_source(
         }
     };
     Ok((Arc::new(HubSpotSource::new(hubspot)), fake))
+}
+
+/// The name of the generated key file inside a token directory.
+pub const KEY_FILE: &str = "encryption.key";
+
+/// The token store of the examples: encrypted files in `dir`, so a rotated
+/// (single-use) refresh token survives the run whatever happens after it
+/// was spent. The key is `HEADWATER_TOKEN_KEY` (base64 of 32 bytes) if set,
+/// else one generated on first use and kept in `dir/encryption.key` with
+/// mode 0600 (a key file others can read is refused). Says where tokens and
+/// key are kept, never what they are.
+pub fn token_store(dir: &str) -> Result<Arc<dyn TokenStore>, BoxError> {
+    let key = match env("HEADWATER_TOKEN_KEY") {
+        Some(k) => {
+            eprintln!("tokens: kept encrypted in {dir}/ with the key from HEADWATER_TOKEN_KEY");
+            EncryptionKey::from_base64(&k)?
+        }
+        None => {
+            let path = std::path::Path::new(dir).join(KEY_FILE);
+            let (key, created) = EncryptionKey::load_or_create(&path)?;
+            eprintln!(
+                "tokens: kept encrypted in {dir}/ with the key in {} ({}, mode 0600; \
+                 set HEADWATER_TOKEN_KEY to use a key of your own)",
+                path.display(),
+                if created { "created now" } else { "existing" }
+            );
+            key
+        }
+    };
+    Ok(Arc::new(EncryptedFileTokenStore::open(dir, key)?))
+}
+
+/// A store for the bundled fakes' throwaway tokens: memory, nothing written.
+pub fn fake_token_store() -> Arc<dyn TokenStore> {
+    Arc::new(MemoryTokenStore::new())
 }
 
 /// Checks the connection, then syncs into `sink` with a progress bar, prints

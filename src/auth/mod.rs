@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use oauth::{
     AuthorizationRequest, Callback, ClientAuth, OAuthClient, OAuthConfig, PendingAuthorization,
 };
-pub use store::{EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, TokenStore};
+pub use store::{EncryptedFileTokenStore, EncryptionKey, MemoryTokenStore, TokenLease, TokenStore};
 
 use crate::error::AuthErrorKind;
 use crate::{Error, Result};
@@ -137,9 +137,7 @@ impl TokenSet {
         TokenSet {
             access_token: Some(access_token),
             refresh_token,
-            expires_at: expires_in
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .map(|d| Utc::now() + d),
+            expires_at: expires_in.map(expiry_after),
             scopes: Vec::new(),
             reauthorization: None,
         }
@@ -189,6 +187,20 @@ impl TokenSet {
     }
 }
 
+/// The longest access-token lifetime believed: a server's larger
+/// `expires_in` (up to `u64::MAX`) is clamped to it.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + lifetime`, with the lifetime clamped to [`MAX_TOKEN_LIFETIME`] and
+/// checked arithmetic: never panics, whatever a server says.
+pub(crate) fn expiry_after(lifetime: Duration) -> DateTime<Utc> {
+    let now = Utc::now();
+    chrono::Duration::from_std(lifetime.min(MAX_TOKEN_LIFETIME))
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
+
 fn same_secret(a: &Option<SecretString>, b: &Option<SecretString>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
@@ -214,14 +226,26 @@ pub(crate) struct StoredTokens {
 ///
 /// - Refreshes `margin` (default 5 minutes) before expiry, so a long sync
 ///   never sends an expired token (`HubSpot` tokens live 30 minutes).
-/// - One refresh in flight per account however many tasks ask: the others
-///   wait and then use its result.
+/// - One refresh in flight per account however many tasks ask, and however
+///   many processes share the store: a refresh holds the store's lease of
+///   the account ([`TokenStore::lock`]); the others wait and then use its
+///   result.
 /// - A rotated refresh token is saved to the [`TokenStore`] *before* the new
 ///   access token is handed out, so a crash never loses the only valid
 ///   refresh token (Constant Contact's rotating tokens are single use).
-/// - Before refreshing, the store is read again: if another process already
-///   rotated the tokens, its result is adopted instead of spending the old
-///   refresh token.
+/// - Before refreshing, the store is read again under the lease: if another
+///   process already rotated the tokens, its result is adopted instead of
+///   spending the old refresh token.
+/// - The connection is marked "re-authorize" only when the provider
+///   definitely refused the grant (`invalid_grant`, `HubSpot`'s
+///   `BAD_REFRESH_TOKEN`), after reading the store again (a newer refresh
+///   token there is adopted, not marked), and the mark is written onto what
+///   the store holds. Network errors, 5xx, proxies' HTML answers and
+///   configuration errors (`invalid_client`) never mark.
+/// - A refresh token is never sent twice in one refresh: after an ambiguous
+///   failure (a timeout, a connection lost after the request went out, a
+///   5xx) the error is returned; the next attempt takes the lease and
+///   reads the store again first.
 /// - On a 401, refreshes once if the refused token is still the current one.
 ///
 /// Cheap to clone; clones share the tokens.
@@ -350,74 +374,142 @@ impl TokenProvider {
     }
 
     /// Refreshes when `stale` holds for the current tokens, with one refresh
-    /// in flight at a time; returns the access token to use.
+    /// in flight at a time per provider and, through the store's lease
+    /// ([`TokenStore::lock`]), per connection across processes; returns the
+    /// access token to use.
+    ///
+    /// Under the lease the store is the truth: what it holds is adopted
+    /// first (another process may have refreshed while this one waited), so
+    /// a refresh token is only ever sent by the one process that holds the
+    /// newest. A refusal (`invalid_grant`) re-reads the store before marking
+    /// anything, and the mark is written onto what the store holds then.
     async fn refresh_if(&self, stale: impl Fn(&TokenSet) -> bool) -> Result<SecretString> {
         let _guard = self.inner.refresh_lock.lock().await;
-        {
-            let cur = self.read();
-            if !stale(&cur) {
-                if let Some(t) = &cur.access_token {
-                    return Ok(t.clone());
-                }
-            }
+        if let Some(token) = self.usable(&stale) {
+            return Ok(token);
         }
-        // Another process may have rotated the tokens already.
-        if let Some(stored) = self.inner.store.load(&self.inner.key).await? {
-            let differs = !same_secret(&stored.refresh_token, &self.read().refresh_token)
-                || !same_secret(&stored.access_token, &self.read().access_token);
-            if differs {
-                *self.write() = stored.clone();
-                if !stale(&stored) {
-                    if let Some(t) = stored.access_token {
-                        return Ok(t);
+        let _lease = self.inner.store.lock(&self.inner.key).await?;
+        self.sync_with_store().await?;
+        self.check_marked()?;
+        if let Some(token) = self.usable(&stale) {
+            return Ok(token);
+        }
+        // At most a few rounds: a refused refresh token is retried only
+        // with a different one found in the store.
+        for _ in 0..3 {
+            let refresh_token = self
+                .read()
+                .refresh_token
+                .clone()
+                .ok_or_else(|| Error::Auth {
+                    provider: self.inner.oauth.provider(),
+                    kind: AuthErrorKind::Reauthorize,
+                    message: "the access token expired and there is no refresh token".into(),
+                })?;
+            let mut fresh = match self.inner.oauth.refresh(&refresh_token).await {
+                Ok(fresh) => fresh,
+                Err(e) if e.needs_reauthorization() => {
+                    // A definite refusal of `refresh_token`. If the store
+                    // holds another refresh token (written by a process that
+                    // did not take the lease), that one is current: adopt it.
+                    let now = self.inner.store.load(&self.inner.key).await?;
+                    if let Some(now) = now.as_ref() {
+                        if now.refresh_token.is_some()
+                            && !same_secret(&now.refresh_token, &Some(refresh_token.clone()))
+                        {
+                            *self.write() = now.clone();
+                            self.check_marked()?;
+                            if let Some(token) = self.usable(&stale) {
+                                return Ok(token);
+                            }
+                            continue;
+                        }
                     }
+                    // Mark the connection, so no process spends requests on
+                    // it until its owner connects it again: onto what the
+                    // store holds, under the lease, so nothing newer is
+                    // overwritten.
+                    let mut marked = now.unwrap_or_else(|| self.read().clone());
+                    marked.reauthorization = Some(Reauthorization::now(e.to_string()));
+                    if let Err(save) = self.inner.store.save(&self.inner.key, &marked).await {
+                        tracing::warn!(key = %self.inner.key, error = %save, "cannot mark the connection");
+                    }
+                    *self.write() = marked;
+                    return Err(e);
                 }
+                // Anything else (a network error, a timeout, a 5xx, a
+                // configuration error) is not a verdict on the grant:
+                // nothing is marked, and the refresh token is not sent again
+                // now. The token endpoint retries only what certainly was not
+                // processed (see `OAuthClient::refresh`); the next call takes
+                // the lease and reads the store again before trying.
+                Err(e) => return Err(e),
+            };
+            if fresh.refresh_token.is_none() {
+                fresh.refresh_token = Some(refresh_token);
             }
-        }
-        let refresh_token = self
-            .read()
-            .refresh_token
-            .clone()
-            .ok_or_else(|| Error::Auth {
+            self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
+            // Persist first: the old refresh token may already be spent. If
+            // the store fails, the new tokens are kept in memory (the old
+            // ones are dead) but none is handed out until a save succeeds.
+            let saved = self.inner.store.save(&self.inner.key, &fresh).await;
+            let access = fresh.access_token.clone();
+            *self.write() = fresh;
+            if saved.is_err() {
+                self.inner.unsaved.store(true, Ordering::SeqCst);
+            }
+            saved?;
+            tracing::debug!(key = %self.inner.key, "access token refreshed");
+            return access.ok_or_else(|| Error::Auth {
                 provider: self.inner.oauth.provider(),
-                kind: AuthErrorKind::Reauthorize,
-                message: "the access token expired and there is no refresh token".into(),
-            })?;
-        let mut fresh = match self.inner.oauth.refresh(&refresh_token).await {
-            Ok(fresh) => fresh,
-            Err(e) if e.needs_reauthorization() => {
-                // Mark the connection, so no process spends requests on it
-                // until its owner connects it again.
-                let mut marked = self.read().clone();
-                marked.reauthorization = Some(Reauthorization::now(e.to_string()));
-                if let Err(save) = self.inner.store.save(&self.inner.key, &marked).await {
-                    tracing::warn!(key = %self.inner.key, error = %save, "cannot mark the connection");
-                }
-                *self.write() = marked;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        if fresh.refresh_token.is_none() {
-            fresh.refresh_token = Some(refresh_token);
+                kind: AuthErrorKind::Rejected,
+                message: "the token endpoint returned no access token".into(),
+            });
         }
-        self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
-        // Persist first: the old refresh token may already be spent. If the
-        // store fails, the new tokens are kept in memory (the old ones are
-        // dead) but none is handed out until a save succeeds.
-        let saved = self.inner.store.save(&self.inner.key, &fresh).await;
-        let access = fresh.access_token.clone();
-        *self.write() = fresh;
-        if saved.is_err() {
-            self.inner.unsaved.store(true, Ordering::SeqCst);
-        }
-        saved?;
-        tracing::debug!(key = %self.inner.key, "access token refreshed");
-        access.ok_or_else(|| Error::Auth {
+        Err(Error::Auth {
             provider: self.inner.oauth.provider(),
             kind: AuthErrorKind::Rejected,
-            message: "the token endpoint returned no access token".into(),
+            message: "the refresh tokens in the store kept changing and being refused".into(),
         })
+    }
+
+    /// The current access token, unless `stale` holds for the tokens.
+    fn usable(&self, stale: &impl Fn(&TokenSet) -> bool) -> Option<SecretString> {
+        let cur = self.read();
+        if cur.reauthorization.is_some() || stale(&cur) {
+            return None;
+        }
+        cur.access_token.clone()
+    }
+
+    /// Under the lease: saves tokens a failed save left in memory only, or
+    /// else adopts what the store holds (it is never older than memory).
+    async fn sync_with_store(&self) -> Result<()> {
+        if self.inner.unsaved.load(Ordering::SeqCst) {
+            let current = self.read().clone();
+            self.inner.store.save(&self.inner.key, &current).await?;
+            self.inner.unsaved.store(false, Ordering::SeqCst);
+        } else if let Some(stored) = self.inner.store.load(&self.inner.key).await? {
+            *self.write() = stored;
+        }
+        Ok(())
+    }
+
+    /// The re-authorization error when the connection is marked.
+    fn check_marked(&self) -> Result<()> {
+        match &self.read().reauthorization {
+            None => Ok(()),
+            Some(r) => Err(Error::Auth {
+                provider: self.inner.oauth.provider(),
+                kind: AuthErrorKind::Reauthorize,
+                message: format!(
+                    "the connection `{}` needs to be authorized again (since {}): {}",
+                    self.inner.key,
+                    r.since.to_rfc3339(),
+                    r.reason
+                ),
+            }),
+        }
     }
 }
 
@@ -428,30 +520,13 @@ impl AccessTokenSource for TokenProvider {
         if self.inner.unsaved.load(Ordering::SeqCst) {
             let _guard = self.inner.refresh_lock.lock().await;
             if self.inner.unsaved.load(Ordering::SeqCst) {
-                let current = self.read().clone();
-                self.inner.store.save(&self.inner.key, &current).await?;
-                self.inner.unsaved.store(false, Ordering::SeqCst);
+                let _lease = self.inner.store.lock(&self.inner.key).await?;
+                self.sync_with_store().await?;
             }
         }
-        {
-            let cur = self.read();
-            if let Some(r) = &cur.reauthorization {
-                return Err(Error::Auth {
-                    provider: self.inner.oauth.provider(),
-                    kind: AuthErrorKind::Reauthorize,
-                    message: format!(
-                        "the connection `{}` needs to be authorized again (since {}): {}",
-                        self.inner.key,
-                        r.since.to_rfc3339(),
-                        r.reason
-                    ),
-                });
-            }
-            if !cur.needs_refresh(margin) {
-                if let Some(t) = &cur.access_token {
-                    return Ok(t.clone());
-                }
-            }
+        self.check_marked()?;
+        if let Some(token) = self.usable(&|t: &TokenSet| t.needs_refresh(margin)) {
+            return Ok(token);
         }
         self.refresh_if(|t| t.needs_refresh(margin)).await
     }
@@ -478,6 +553,21 @@ mod tests {
         assert!(t.needs_refresh(Duration::from_secs(120)));
         assert!(TokenSet::from_refresh_token("r".into()).needs_refresh(Duration::ZERO));
         assert!(!TokenSet::new("a".into(), None, None).needs_refresh(Duration::from_secs(1 << 20)));
+    }
+
+    #[test]
+    fn a_huge_lifetime_is_clamped_to_a_year_without_panicking() {
+        let year = chrono::Duration::days(365);
+        for secs in [u64::MAX, 1 << 53, 1_000_000_000_000_000, 10_000_000_000_000] {
+            let t = TokenSet::new("a".into(), None, Some(Duration::from_secs(secs)));
+            let at = t.expires_at.expect("an expiry");
+            let left = at - Utc::now();
+            assert!(
+                left <= year && left > year - chrono::Duration::minutes(1),
+                "{secs}: {left}"
+            );
+            assert!(!t.needs_refresh(Duration::MAX));
+        }
     }
 
     #[test]

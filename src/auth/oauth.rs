@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
@@ -190,14 +189,20 @@ pub struct AuthorizationRequest {
     /// The provider's authorize page with all parameters.
     pub url: Url,
     /// Keep this (e.g. in the user's session) and pass it to
-    /// [`OAuthClient::exchange_code`].
+    /// [`OAuthClient::exchange_code`], which consumes it.
     pub pending: PendingAuthorization,
 }
 
 /// The secret half of an authorization in progress: the `state` value and
 /// the PKCE verifier. Serializable so a web app can keep it in a session
 /// store; treat the serialized form as a secret.
-#[derive(Clone, Serialize, Deserialize)]
+///
+/// Single use: [`OAuthClient::exchange_code`] takes it by value, and it is
+/// not `Clone`, so one pending authorization is exchanged at most once. A
+/// web app that keeps the serialized form must *remove* it from the
+/// session (not just read it) before exchanging, so that a replayed
+/// callback finds nothing.
+#[derive(Serialize, Deserialize)]
 pub struct PendingAuthorization {
     state: String,
     pkce_verifier: Option<String>,
@@ -255,8 +260,45 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TokenHttpError(String);
+#[error("{message}")]
+struct TokenHttpError {
+    message: String,
+    timeout: bool,
+}
+
+impl TokenHttpError {
+    fn new(message: impl Into<String>) -> Self {
+        TokenHttpError {
+            message: message.into(),
+            timeout: false,
+        }
+    }
+}
+
+impl From<reqwest::Error> for TokenHttpError {
+    fn from(e: reqwest::Error) -> Self {
+        TokenHttpError {
+            timeout: e.is_timeout(),
+            // Never the URL: a token endpoint's path or query may hold a secret.
+            message: error_chain(&e.without_url()),
+        }
+    }
+}
+
+/// `HubSpot`'s error category of a token-endpoint answer (`status` or
+/// `category`: `BAD_REFRESH_TOKEN`, `BAD_CLIENT_ID`, …).
+fn hubspot_category(body: &ApiErrorBody) -> Option<&str> {
+    body.category.as_deref()
+}
+
+/// The token endpoint refused the app itself: a deployment mistake (wrong
+/// client id or secret, a grant the app may not use), not the grant.
+fn misconfigured(provider: &'static str, message: &str) -> Error {
+    Error::Config(format!(
+        "{provider}: the token endpoint refused the app's credentials ({message}); \
+         check the client id, the client secret and the app's allowed grants"
+    ))
+}
 
 /// An OAuth client: authorize URL, code exchange and refresh, with 429 and
 /// 5xx answers of the token endpoint retried with backoff (`HubSpot`'s token
@@ -338,24 +380,28 @@ impl OAuthClient {
         }
     }
 
-    /// Checks the callback against `pending` (the `state` must match, the
-    /// provider must not report an error) and exchanges the code for tokens.
+    /// Checks the callback against `pending` and exchanges the code for
+    /// tokens, consuming `pending`: it cannot be exchanged twice.
+    ///
+    /// The `state` is checked first (in constant time): a callback that
+    /// does not carry the state of this authorization is a
+    /// [`AuthErrorKind::StateMismatch`] whatever else it says, so a forged
+    /// `error=` cannot pass for the user's answer. Only then is the
+    /// provider's `error` honoured ([`AuthErrorKind::Denied`]).
+    ///
+    /// ```compile_fail
+    /// # async fn f(client: headwater::auth::OAuthClient, cb: headwater::auth::Callback) {
+    /// let req = client.authorize_url();
+    /// let _ = client.exchange_code(req.pending, &cb).await;
+    /// let _ = client.exchange_code(req.pending, &cb).await; // moved: refused
+    /// # }
+    /// ```
     pub async fn exchange_code(
         &self,
-        pending: &PendingAuthorization,
+        pending: PendingAuthorization,
         callback: &Callback,
     ) -> Result<TokenSet> {
         let provider = self.config.provider;
-        if let Some(err) = &callback.error {
-            return Err(Error::Auth {
-                provider,
-                kind: AuthErrorKind::Denied,
-                message: format!(
-                    "{err}: {}",
-                    callback.error_description.as_deref().unwrap_or("")
-                ),
-            });
-        }
         let state_ok = callback
             .state
             .as_deref()
@@ -368,6 +414,16 @@ impl OAuthClient {
                     .into(),
             });
         }
+        if let Some(err) = &callback.error {
+            return Err(Error::Auth {
+                provider,
+                kind: AuthErrorKind::Denied,
+                message: format!(
+                    "{err}: {}",
+                    callback.error_description.as_deref().unwrap_or("")
+                ),
+            });
+        }
         let code = callback.code.clone().ok_or_else(|| Error::Auth {
             provider,
             kind: AuthErrorKind::Denied,
@@ -375,8 +431,8 @@ impl OAuthClient {
         })?;
         let client = self.client();
         let mut req = client.exchange_code(AuthorizationCode::new(code));
-        if let Some(v) = &pending.pkce_verifier {
-            req = req.set_pkce_verifier(PkceCodeVerifier::new(v.clone()));
+        if let Some(v) = pending.pkce_verifier {
+            req = req.set_pkce_verifier(PkceCodeVerifier::new(v));
         }
         let status = Arc::new(AtomicU16::new(0));
         let result = req.request_async(&self.http_fn(&status)).await;
@@ -385,6 +441,24 @@ impl OAuthClient {
 
     /// Exchanges a refresh token for new tokens. The answer may carry a new
     /// refresh token (rotation); the caller must keep it.
+    ///
+    /// How the answer is read:
+    /// - `invalid_grant` (RFC 6749 JSON) or `HubSpot`'s `BAD_REFRESH_TOKEN` /
+    ///   `BAD_AUTH_CODE`: the grant is refused for good,
+    ///   [`AuthErrorKind::Reauthorize`];
+    /// - `invalid_client`, `unauthorized_client`, `HubSpot`'s
+    ///   `BAD_CLIENT_ID` / `BAD_CLIENT_SECRET` / `BAD_REDIRECT_URI`: the app
+    ///   is misconfigured, [`Error::Config`], never a verdict on the grant;
+    /// - any other 4xx (a proxy's HTML 403), a 5xx, a network error: an
+    ///   [`Error::Api`] or [`Error::Transport`], never a verdict on the grant.
+    ///
+    /// Retries: a token request is not idempotent (a refresh token may be
+    /// single use, a code always is), so it is retried only when it
+    /// certainly was not processed: the connection could not be made, or
+    /// the endpoint answered 429. A timeout, a connection lost after the
+    /// request was sent, or a 5xx is ambiguous (the provider may have
+    /// rotated the token and the answer been lost): the error is returned,
+    /// and the refresh token is not sent again by this call.
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet> {
         let client = self.client();
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
@@ -415,12 +489,12 @@ impl OAuthClient {
                 refresh_token: resp
                     .refresh_token()
                     .map(|r| SecretString::from(r.secret().clone())),
-                // `expires_in: 0` (Mailchimp) means the token never expires.
+                // `expires_in: 0` (Mailchimp) means the token never expires;
+                // a huge one is clamped (never an overflow).
                 expires_at: resp
                     .expires_in()
                     .filter(|d| !d.is_zero())
-                    .and_then(|d| chrono::Duration::from_std(d).ok())
-                    .map(|d| Utc::now() + d),
+                    .map(super::expiry_after),
                 scopes: resp
                     .scopes()
                     .map(|s| s.iter().map(|s| s.to_string()).collect())
@@ -436,13 +510,15 @@ impl OAuthClient {
                         .unwrap_or_default()
                 );
                 match err.error() {
-                    BasicErrorResponseType::InvalidGrant
-                    | BasicErrorResponseType::InvalidClient
-                    | BasicErrorResponseType::UnauthorizedClient => Err(Error::Auth {
+                    BasicErrorResponseType::InvalidGrant => Err(Error::Auth {
                         provider,
                         kind: AuthErrorKind::Reauthorize,
                         message,
                     }),
+                    BasicErrorResponseType::InvalidClient
+                    | BasicErrorResponseType::UnauthorizedClient => {
+                        Err(misconfigured(provider, &message))
+                    }
                     _ => Err(Error::Api {
                         provider,
                         status,
@@ -464,13 +540,28 @@ impl OAuthClient {
                         path: e.path().to_string(),
                         message: e.inner().to_string(),
                     }),
-                    // HubSpot answers a spent or unknown refresh token with 400
-                    // and its own error body (category BAD_REFRESH_TOKEN).
-                    400 | 401 | 403 => Err(Error::Auth {
-                        provider,
-                        kind: AuthErrorKind::Reauthorize,
-                        message: parsed.to_string(),
-                    }),
+                    // HubSpot answers with 400 and its own error body: a
+                    // spent or unknown refresh token is BAD_REFRESH_TOKEN,
+                    // bad app credentials BAD_CLIENT_ID / BAD_CLIENT_SECRET.
+                    // Anything else (a proxy's HTML 403) says nothing
+                    // about the grant.
+                    400 | 401 | 403 => match hubspot_category(&parsed) {
+                        Some("BAD_REFRESH_TOKEN" | "BAD_AUTH_CODE") => Err(Error::Auth {
+                            provider,
+                            kind: AuthErrorKind::Reauthorize,
+                            message: parsed.to_string(),
+                        }),
+                        Some("BAD_CLIENT_ID" | "BAD_CLIENT_SECRET" | "BAD_REDIRECT_URI") => {
+                            Err(misconfigured(provider, &parsed.to_string()))
+                        }
+                        _ => Err(Error::Api {
+                            provider,
+                            status,
+                            method: "POST".into(),
+                            path: self.config.token_url.path().to_owned(),
+                            body: Box::new(parsed),
+                        }),
+                    },
                     429 => Err(Error::RateLimited {
                         provider,
                         retry_after: None,
@@ -489,8 +580,8 @@ impl OAuthClient {
             Err(RequestTokenError::Request(e)) => Err(Error::Transport {
                 provider,
                 path: self.config.token_url.path().to_owned(),
-                message: e.to_string(),
-                timeout: false,
+                timeout: e.timeout,
+                message: e.message,
             }),
             Err(RequestTokenError::Other(m)) => Err(Error::Auth {
                 provider,
@@ -519,8 +610,11 @@ impl OAuthClient {
     }
 }
 
-/// Sends one token-endpoint request, retrying 429, 5xx and transport errors
-/// with backoff; records the final status for error mapping.
+/// Sends one token-endpoint request, retrying (with backoff) only what
+/// certainly was not processed: a connection that could not be made, a
+/// 429. Anything ambiguous (timeout, reset after sending, 5xx) is returned:
+/// resending a spent single-use refresh token or code is never safe.
+/// Records the final status for error mapping.
 async fn token_http(
     http: reqwest::Client,
     retry: RetryConfig,
@@ -537,8 +631,8 @@ async fn token_http(
                 .send()
                 .await;
             let retryable = match &sent {
-                Ok(r) => r.status().as_u16() == 429 || r.status().is_server_error(),
-                Err(_) => true,
+                Ok(r) => r.status().as_u16() == 429,
+                Err(e) => e.is_connect(),
             };
             if retryable && retries < retry.max_retries {
                 let wait = sent
@@ -554,13 +648,13 @@ async fn token_http(
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let resp = sent.map_err(|e| TokenHttpError(error_chain(&e.without_url())))?;
+            let resp = sent?;
             let status = resp.status();
             status_out.store(status.as_u16(), Ordering::Relaxed);
             let headers = resp.headers().clone();
             let body = crate::http::read_body(resp, crate::http::DEFAULT_MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| TokenHttpError(e.to_string()))?;
+                .map_err(|e| TokenHttpError::new(e.to_string()))?;
             let body = if status.is_success() {
                 with_token_type(body.to_vec())
             } else {
@@ -570,7 +664,9 @@ async fn token_http(
             if let Some(h) = out.headers_mut() {
                 *h = headers;
             }
-            return out.body(body).map_err(|e| TokenHttpError(e.to_string()));
+            return out
+                .body(body)
+                .map_err(|e| TokenHttpError::new(e.to_string()));
         }
     }
 }
@@ -578,14 +674,53 @@ async fn token_http(
 /// A token answer without `token_type` (Mailchimp's
 /// `{access_token, expires_in: 0, scope: null}`) gets `"bearer"`, which RFC
 /// 6749 makes the only type a bearer API can mean; the `oauth2` crate
-/// requires the field.
+/// requires the field. An `expires_in` the crate cannot read as seconds
+/// (`1e30`, `3600.5`, `"3600"`, a negative number) is made whole seconds,
+/// clamped to a year: a token answer never fails or overflows on it.
 fn with_token_type(body: Vec<u8>) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(mut map)) if !map.contains_key("token_type") => {
-            map.insert("token_type".into(), "bearer".into());
-            serde_json::to_vec(&map).unwrap_or(body)
+        Ok(serde_json::Value::Object(mut map)) => {
+            let mut changed = false;
+            if !map.contains_key("token_type") {
+                map.insert("token_type".into(), "bearer".into());
+                changed = true;
+            }
+            if let Some(v) = map.get_mut("expires_in") {
+                if let Some(secs) = expires_in_secs(v) {
+                    if v.as_u64() != Some(secs) {
+                        *v = secs.into();
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                serde_json::to_vec(&map).unwrap_or(body)
+            } else {
+                body
+            }
         }
         _ => body,
+    }
+}
+
+/// `expires_in` as whole seconds within [`super::MAX_TOKEN_LIFETIME`]; a
+/// negative or non-finite value is 1 (expired: refresh at once); `None`
+/// when it is not a number at all.
+fn expires_in_secs(v: &serde_json::Value) -> Option<u64> {
+    let max = super::MAX_TOKEN_LIFETIME.as_secs();
+    let f = match v {
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(u) => return Some(u.min(max)),
+            None => n.as_f64()?,
+        },
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if f.is_finite() && f >= 0.0 {
+        // In range after `min`, so the cast is exact enough and cannot wrap.
+        Some(f.min(max as f64).ceil() as u64)
+    } else {
+        Some(1)
     }
 }
 
@@ -623,39 +758,73 @@ mod tests {
         assert!(!format!("{:?} {:?}", req.pending, client).contains("secret\""));
     }
 
+    fn kind(err: &Error) -> Option<AuthErrorKind> {
+        match err {
+            Error::Auth { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn a_callback_with_the_wrong_state_is_refused() {
         let client = OAuthClient::new(OAuthConfig::hubspot("c", "s".into())).expect("client");
-        let req = client.authorize_url();
         let cb = Callback::from_query("code=abc&state=forged");
         let err = client
-            .exchange_code(&req.pending, &cb)
+            .exchange_code(client.authorize_url().pending, &cb)
             .await
             .expect_err("must fail");
-        assert!(
-            matches!(
-                err,
-                Error::Auth {
-                    kind: AuthErrorKind::StateMismatch,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let cb = Callback::from_query("error=access_denied&error_description=no");
+        assert_eq!(kind(&err), Some(AuthErrorKind::StateMismatch), "{err}");
+        // An error with the right state is the user's answer.
+        let req = client.authorize_url();
+        let cb = Callback::from_query(&format!(
+            "error=access_denied&error_description=no&state={}",
+            req.pending.state()
+        ));
         let err = client
-            .exchange_code(&req.pending, &cb)
+            .exchange_code(req.pending, &cb)
             .await
             .expect_err("must fail");
-        assert!(
-            matches!(
-                err,
-                Error::Auth {
-                    kind: AuthErrorKind::Denied,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(kind(&err), Some(AuthErrorKind::Denied), "{err}");
     }
+
+    #[tokio::test]
+    async fn an_error_callback_with_a_forged_or_missing_state_is_a_state_mismatch() {
+        let client = OAuthClient::new(OAuthConfig::hubspot("c", "s".into())).expect("client");
+        for query in [
+            "error=access_denied&error_description=no&state=forged",
+            "error=access_denied",
+        ] {
+            let err = client
+                .exchange_code(client.authorize_url().pending, &Callback::from_query(query))
+                .await
+                .expect_err("must fail");
+            assert_eq!(
+                kind(&err),
+                Some(AuthErrorKind::StateMismatch),
+                "{query}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_or_odd_expires_in_is_clamped_to_a_year() {
+        let year = MAX_YEAR_SECS;
+        for (raw, want) in [
+            ("18446744073709551615", Some(year)),
+            ("1e30", Some(year)),
+            ("1.8e19", Some(year)),
+            ("\"3600\"", Some(3600)),
+            ("3600.2", Some(3601)),
+            ("-5", Some(1)),
+            ("0", Some(0)),
+        ] {
+            let body =
+                format!(r#"{{"access_token":"a","token_type":"bearer","expires_in":{raw}}}"#);
+            let fixed = with_token_type(body.into_bytes());
+            let v: serde_json::Value = serde_json::from_slice(&fixed).expect("json");
+            assert_eq!(v["expires_in"].as_u64(), want, "{raw}");
+        }
+    }
+
+    const MAX_YEAR_SECS: u64 = 365 * 24 * 3600;
 }
