@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::Host;
-use tokio_postgres::NoTls;
 
 use super::conn::STREAM_TIMEOUT;
+use super::tls::{self, SslMode};
 use super::{ident, Counters, PostgresSink, DATABASE_URL_ENV, DEFAULT_SCHEMA, NAME};
 use crate::{Error, Result};
 
@@ -67,6 +67,15 @@ impl PostgresSinkBuilder {
 
     /// The database: a URL (`postgres://user:password@host:port/db`) or a
     /// `key=value` connection string.
+    ///
+    /// TLS is set as libpq sets it: `sslmode` is `disable`, `prefer` (the
+    /// default: TLS when the server offers it), `require`, `verify-ca` (the
+    /// server's certificate must chain to a trusted root) or `verify-full`
+    /// (and name the host connected to); `sslrootcert` is a PEM file of
+    /// trusted roots (`system`, or none, for the platform's). With
+    /// `sslrootcert`, `prefer` and `require` verify the chain as `verify-ca`
+    /// does; without it they encrypt without authenticating the server.
+    /// `postgres://app@db.example.com/crm?sslmode=verify-full&sslrootcert=/etc/ssl/rds-ca.pem`
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -122,6 +131,8 @@ impl PostgresSinkBuilder {
                 "postgres sink: no database URL (set one with .url() or {DATABASE_URL_ENV})"
             ))
         })?;
+        let (url, tls_settings) = tls::split_settings(&url)?;
+        let tls = tls::connector(&tls_settings)?;
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("postgres sink: invalid database URL: {e}")))?;
@@ -140,11 +151,12 @@ impl PostgresSinkBuilder {
                 ident::MAX_IDENT
             )));
         }
-        let target = describe(&pg);
+        pg.ssl_mode(tls_settings.mode.for_tokio_postgres());
+        let target = describe(&pg, tls_settings.mode);
         let pg_config = pg.clone();
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -166,14 +178,15 @@ impl PostgresSinkBuilder {
             streams: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             stream_timeout: self.stream_timeout.unwrap_or(STREAM_TIMEOUT),
             pg_config,
+            tls,
         };
         drop(sink.client().await?);
         Ok(sink)
     }
 }
 
-/// `host:port/db as user`, for messages (never the password).
-fn describe(pg: &tokio_postgres::Config) -> String {
+/// `host:port/db as user (sslmode …)`, for messages (never the password).
+fn describe(pg: &tokio_postgres::Config, mode: SslMode) -> String {
     let host = match pg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -182,8 +195,9 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     format!(
-        "{host}:{port}/{} as {}",
+        "{host}:{port}/{} as {} (sslmode {})",
         pg.get_dbname().unwrap_or("(default db)"),
-        pg.get_user().unwrap_or("(default user)")
+        pg.get_user().unwrap_or("(default user)"),
+        mode.as_str()
     )
 }

@@ -108,8 +108,9 @@
 //! A [`deadpool_postgres`] pool of `tokio-postgres` connections for
 //! `prepare`, `load_state` and commits, and, for each run that is writing,
 //! one more connection of its own to stream rows (at most
-//! [`PostgresSinkBuilder::max_connections`] of each). No TLS: use a local
-//! socket, a TLS-terminating proxy, or a private network.
+//! [`PostgresSinkBuilder::max_connections`] of each). TLS (rustls) follows
+//! the URL's `sslmode` and `sslrootcert` as libpq does: see
+//! [`PostgresSinkBuilder::url`].
 //!
 //! `_record` is compressed with lz4 where the server supports it (Postgres
 //! 14 and later, built with lz4), which is several times cheaper than the
@@ -125,6 +126,7 @@ mod encode;
 mod ident;
 mod layout;
 mod rows;
+mod tls;
 
 pub use builder::PostgresSinkBuilder;
 
@@ -177,6 +179,22 @@ pub(crate) fn pg_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Err
             source: Some(Box::new(e)),
         }
     }
+}
+
+/// `e` and its causes, `: `-separated (a TLS failure says why only in its
+/// source: `invalid peer certificate: UnknownIssuer`).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -233,6 +251,8 @@ pub struct PostgresSink {
     stream_timeout: Duration,
     /// For the streaming connections.
     pg_config: tokio_postgres::Config,
+    /// TLS for the streaming connections (the pool has its own clone).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -300,7 +320,11 @@ impl PostgresSink {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| Error::Sink {
             sink: NAME,
-            message: format!("cannot connect to Postgres at {}: {e}", self.target),
+            message: format!(
+                "cannot connect to Postgres at {}: {}",
+                self.target,
+                error_chain(&e)
+            ),
             source: Some(Box::new(e)),
         })
     }
@@ -479,7 +503,14 @@ impl PostgresSink {
                 self.streams.clone().try_acquire_owned().ok()?
             }
         };
-        match Conn::own(&self.pg_config, permit, self.stream_timeout).await {
+        match Conn::own(
+            &self.pg_config,
+            self.tls.clone(),
+            permit,
+            self.stream_timeout,
+        )
+        .await
+        {
             Ok(conn) => Some(conn),
             Err(e) => {
                 tracing::debug!(error = %e, "no connection to stream rows: they go at commit");
