@@ -138,3 +138,151 @@ async fn verify_full_with_the_wrong_ca_fails_clearly() {
         "no password in errors: {err}"
     );
 }
+
+mod shared_tables {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use headwater::http::RetryConfig;
+    use headwater::hubspot::{HubSpot, HubSpotSource};
+    use headwater::sinks::postgres::PostgresSink;
+    use headwater::sync::Sync;
+    use headwater::testkit::hubspot::{FakeConfig, HubSpotFake, ObjectSeed};
+    use serde_json::Value;
+    use uuid::Uuid;
+
+    use super::{plain_client, BASE};
+
+    fn source(fake: &HubSpotFake) -> Arc<HubSpotSource> {
+        let hs = HubSpot::builder()
+            .private_app_token("pat-fake-token".into())
+            .base_url(fake.uri())
+            .retry(
+                RetryConfig::default()
+                    .with_backoff(Duration::from_millis(5), Duration::from_millis(20)),
+            )
+            .build()
+            .expect("client");
+        Arc::new(HubSpotSource::new(hs))
+    }
+
+    async fn portal(prefix: &str, hub_id: u64) -> HubSpotFake {
+        let mut c = FakeConfig {
+            custom_properties: 900,
+            custom_property_prefix: prefix.to_owned(),
+            hub_id,
+            ..FakeConfig::default()
+        };
+        c.objects.clear();
+        c.objects.insert("contacts".into(), ObjectSeed::new(40, 0));
+        HubSpotFake::start(c).await
+    }
+
+    /// Two portals with 900 custom properties each (1,800 different ones)
+    /// share one contacts table: both sync, every property of every record
+    /// is in `_record`, and the table stays within its column budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_portals_of_900_custom_properties_share_one_table() {
+        let schema = format!("hw_wide_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let sink = Arc::new(
+            PostgresSink::builder()
+                .url(format!("{BASE}?sslmode=disable"))
+                .schema(&schema)
+                .build()
+                .await
+                .expect("sink"),
+        );
+        let client = plain_client().await;
+        let alpha = portal("alpha_prop_", 1001).await;
+        let beta = portal("beta_prop_", 1002).await;
+        for (tenant, fake) in [("alpha", &alpha), ("beta", &beta)] {
+            let report = Sync::new(source(fake), sink.clone())
+                .tenant(tenant)
+                .streams(["contacts"])
+                .run()
+                .await;
+            assert!(report.is_success(), "{tenant}: {report:?}");
+        }
+        let q = |t: &str| format!("\"{schema}\".\"{t}\"");
+        let table: String = client
+            .query_one(
+                &format!(
+                    "SELECT table_name FROM {} WHERE stream = 'contacts'",
+                    q("_headwater_streams")
+                ),
+                &[],
+            )
+            .await
+            .expect("table")
+            .get(0);
+        // The typed columns are listed in _headwater_columns, within budget.
+        let typed: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE stream = 'contacts'",
+                    q("_headwater_columns")
+                ),
+                &[],
+            )
+            .await
+            .expect("columns")
+            .get(0);
+        // The default budget: 400 typed columns; the first portal's
+        // properties took them (in schema order), the rest are in _record.
+        assert_eq!(typed, 400, "typed columns");
+        let in_table: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0",
+                &[&q(&table)],
+            )
+            .await
+            .expect("attributes")
+            .get(0);
+        assert_eq!(in_table, 400 + 5, "data and metadata columns");
+        for (tenant, fake, prefix) in [
+            ("alpha", &alpha, "alpha_prop_"),
+            ("beta", &beta, "beta_prop_"),
+        ] {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT id::text, _record FROM {} WHERE _tenant_id = $1",
+                        q(&table)
+                    ),
+                    &[&tenant],
+                )
+                .await
+                .expect("rows");
+            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            ids.sort();
+            let mut truth = fake.ids("contacts", false);
+            truth.sort();
+            assert_eq!(ids, truth, "{tenant}: every record");
+            let mut checked = 0;
+            for row in &rows {
+                let id: String = row.get(0);
+                let record: Value = row.get(1);
+                let source = fake.record_by_id("contacts", &id).expect("fake record");
+                let props = source["properties"].as_object().expect("properties");
+                for (name, value) in props.iter().filter(|(n, _)| n.starts_with(prefix)) {
+                    // Blanks are no value (`schema::coerce`).
+                    if value.is_null() || value.as_str().is_some_and(|v| v.trim().is_empty()) {
+                        continue;
+                    }
+                    assert!(
+                        record.get(name).is_some_and(|v| !v.is_null()),
+                        "{tenant} {id}: {name} = {value} is not in _record"
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(
+                checked > 40 * 300,
+                "{tenant}: only {checked} values checked"
+            );
+        }
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+}

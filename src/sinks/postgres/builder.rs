@@ -9,7 +9,7 @@ use tokio_postgres::config::Host;
 
 use super::conn::STREAM_TIMEOUT;
 use super::tls::{self, SslMode};
-use super::{ident, Counters, PostgresSink, DATABASE_URL_ENV, DEFAULT_SCHEMA, NAME};
+use super::{ident, layout, Counters, PostgresSink, DATABASE_URL_ENV, DEFAULT_SCHEMA, NAME};
 use crate::{Error, Result};
 
 /// Builds a [`PostgresSink`].
@@ -32,6 +32,7 @@ pub struct PostgresSinkBuilder {
     connect_timeout: Option<Duration>,
     optimistic_copy: Option<bool>,
     stream_timeout: Option<Duration>,
+    max_columns: Option<usize>,
 }
 
 impl std::fmt::Debug for PostgresSinkBuilder {
@@ -44,6 +45,7 @@ impl std::fmt::Debug for PostgresSinkBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("optimistic_copy", &self.optimistic_copy)
             .field("stream_timeout", &self.stream_timeout)
+            .field("max_columns", &self.max_columns)
             .finish()
     }
 }
@@ -123,6 +125,26 @@ impl PostgresSinkBuilder {
         self
     }
 
+    /// Most typed data columns one stream table gets (default 400; at most
+    /// 1,595, Postgres' limit of 1,600 less the metadata columns).
+    ///
+    /// All tenants of a stream share its table, so the union of their
+    /// fields (every portal's custom properties) must fit in it. Fields get
+    /// columns first come, first served: the key and cursor fields always,
+    /// then the others in the order they are first prepared, while the
+    /// table is under this budget. A field without a column loses nothing:
+    /// its values are in `_record` like every field's (`_record->>'name'`);
+    /// `_headwater_columns` lists the fields that have one. A field keeps
+    /// the column it got, so raising the budget later only adds columns.
+    /// The default keeps a row within Postgres' 8 kB row limit even when
+    /// every column is filled (each value takes up to 18 bytes in the row
+    /// once TOASTed); past about 450 filled columns a row can fail with
+    /// `row is too big` (SQLSTATE 54000).
+    pub fn max_columns(mut self, n: usize) -> Self {
+        self.max_columns = Some(n.clamp(1, layout::MAX_DATA_COLUMNS));
+        self
+    }
+
     /// Connects (once, to fail early on a wrong URL or an unreachable server)
     /// and returns the sink.
     pub async fn build(self) -> Result<PostgresSink> {
@@ -178,6 +200,7 @@ impl PostgresSinkBuilder {
             streams: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             stream_timeout: self.stream_timeout.unwrap_or(STREAM_TIMEOUT),
             pg_config,
+            max_columns: self.max_columns.unwrap_or(layout::DEFAULT_MAX_COLUMNS),
             tls,
         };
         drop(sink.client().await?);

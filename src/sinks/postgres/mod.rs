@@ -27,6 +27,21 @@
 //! | `_sync_id` | `uuid` | the last sync run that wrote the row |
 //! | `_extracted_at` | `timestamptz` | when that run read it from the provider |
 //!
+//! ## Column budget
+//! All tenants of a stream share its table, so the table needs a column for
+//! the union of their fields, and Postgres allows 1,600 columns (and 8 kB
+//! per row). Each table has a budget of typed columns
+//! ([`PostgresSinkBuilder::max_columns`], default 400): the key and cursor
+//! fields always get one, the other fields get one first come, first served
+//! (in schema order, as streams are prepared) while the table is under the
+//! budget. A field without a column loses nothing: every field's value is in
+//! `_record` (`_record->>'custom_prop'`). `_headwater_columns` lists exactly
+//! the fields that have a column; a field keeps its column for good. So one
+//! portal with thousands of custom properties never stops the stream for
+//! the others; the warning `the stream's table is at its column budget`
+//! says when fields are left to `_record`. The BigQuery sink applies the
+//! same rule with BigQuery's limit of 10,000 columns.
+//!
 //! Field types map to `text` (String), `bigint` (Integer), `numeric`
 //! (Number), `boolean`, `date`, `timestamptz` (Timestamp) and `jsonb` (Json).
 //! The primary key is (`_tenant_id`, the stream's key fields); it also serves
@@ -251,6 +266,8 @@ pub struct PostgresSink {
     stream_timeout: Duration,
     /// For the streaming connections.
     pg_config: tokio_postgres::Config,
+    /// See [`PostgresSinkBuilder::max_columns`].
+    max_columns: usize,
     /// TLS for the streaming connections (the pool has its own clone).
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
@@ -828,7 +845,8 @@ impl Sink for PostgresSink {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_key()])
             .await
             .map_err(pg_err("cannot lock the schema"))?;
-        let prepared = layout::prepare(&tx, &self.schema, &ctx.schema, lz4).await?;
+        let prepared =
+            layout::prepare(&tx, &self.schema, &ctx.schema, lz4, self.max_columns).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the table of `{}`",
             ctx.schema.name
@@ -841,6 +859,14 @@ impl Sink for PostgresSink {
         }
         if !prepared.added.is_empty() {
             tracing::info!(stream = %stream, fields = ?prepared.added, "added columns");
+        }
+        if !prepared.without_column.is_empty() && self.report_once(stream, "", "budget") {
+            tracing::warn!(
+                stream = %stream,
+                fields = prepared.without_column.len(),
+                max_columns = self.max_columns,
+                "the stream's table is at its column budget: these fields have no typed column; their values are in _record"
+            );
         }
         for change in &prepared.type_changes {
             if self.report_once(stream, &change.field, "type") {
