@@ -286,3 +286,176 @@ mod shared_tables {
             .await;
     }
 }
+
+mod nul_and_numbers {
+    use headwater::schema::{coerce, Field, FieldType, StreamSchema};
+    use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+    use headwater::sinks::postgres::PostgresSink;
+    use headwater::source::{Record, StreamState};
+    use serde_json::{json, Map, Value};
+    use uuid::Uuid;
+
+    use super::{plain_client, BASE};
+
+    async fn sink() -> (PostgresSink, String) {
+        let schema = format!("hw_nul_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let sink = PostgresSink::builder()
+            .url(format!("{BASE}?sslmode=disable"))
+            .schema(&schema)
+            .build()
+            .await
+            .expect("sink");
+        (sink, schema)
+    }
+
+    async fn load(
+        sink: &PostgresSink,
+        tenant: &str,
+        s: &StreamSchema,
+        records: Vec<Record>,
+        state: Value,
+    ) {
+        let sync_id = Uuid::new_v4();
+        sink.prepare(&StreamContext::new(tenant, s.clone(), sync_id, None))
+            .await
+            .expect("prepare");
+        sink.write(Batch::new(
+            tenant,
+            s.name.clone(),
+            sync_id,
+            chrono::Utc::now(),
+            records,
+        ))
+        .await
+        .expect("write");
+        let cp = Checkpoint::new(
+            tenant,
+            s.name.clone(),
+            sync_id,
+            StreamState::new(state),
+            true,
+            1,
+            chrono::Utc::now(),
+            true,
+        );
+        sink.commit(&cp).await.expect("commit");
+        let back = sink
+            .load_state(tenant, &s.name)
+            .await
+            .expect("load_state")
+            .expect("a checkpoint");
+        // The checkpoint comes back exactly: a resume needs its cursor.
+        assert_eq!(back.state, cp.state);
+        assert_eq!(back.tenant, tenant);
+        assert_eq!(back.stream, s.name);
+    }
+
+    /// NUL in a tenant, a stream name, a field name, a label, a record id
+    /// and a checkpoint: the commit succeeds; names and values hold U+FFFD
+    /// in their place, the checkpoint comes back exactly.
+    #[tokio::test]
+    async fn nul_outside_record_values_does_not_fail_commits() {
+        let (sink, schema) = sink().await;
+        let s = StreamSchema::new(
+            "notes\u{0}x",
+            "id",
+            vec![
+                Field::new("id", FieldType::String).with_description("The id\u{0}"),
+                Field::new("body\u{0}", FieldType::String).with_description("Label \u{0} here"),
+            ],
+        );
+        let mut data = Map::new();
+        data.insert("body\u{0}".into(), json!("text"));
+        let record = Record::new("id\u{0}1", data);
+        load(
+            &sink,
+            "ten\u{0}ant",
+            &s,
+            vec![record],
+            json!({"after": "cur\u{0}sor"}),
+        )
+        .await;
+        assert_eq!(
+            sink.live_ids("ten\u{0}ant", &s).await.expect("live ids"),
+            ["id\u{FFFD}1"]
+        );
+        let client = plain_client().await;
+        let q = |t: &str| format!("\"{schema}\".\"{t}\"");
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT table_name, stream, stream_schema FROM {}",
+                    q("_headwater_streams")
+                ),
+                &[],
+            )
+            .await
+            .expect("stream row");
+        let table: String = row.get(0);
+        assert_eq!(row.get::<_, String>(1), "notes\u{FFFD}x");
+        let stored: Value = row.get(2);
+        assert_eq!(
+            stored["fields"][1]["description"],
+            json!("Label \u{FFFD} here")
+        );
+        let row = client
+            .query_one(
+                &format!("SELECT _tenant_id, id, _record FROM {}", q(&table)),
+                &[],
+            )
+            .await
+            .expect("data row");
+        assert_eq!(row.get::<_, String>(0), "ten\u{FFFD}ant");
+        assert_eq!(row.get::<_, String>(1), "id\u{FFFD}1");
+        assert_eq!(row.get::<_, Value>(2), json!({"body\u{FFFD}": "text"}));
+        let field: String = client
+            .query_one(
+                &format!(
+                    "SELECT field_name FROM {} WHERE field_name LIKE 'body%'",
+                    q("_headwater_columns")
+                ),
+                &[],
+            )
+            .await
+            .expect("column row")
+            .get(0);
+        assert_eq!(field, "body\u{FFFD}");
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+
+    /// A HubSpot number wider than f64 lands exactly in `_record` and in
+    /// the `numeric` column.
+    #[tokio::test]
+    async fn wide_decimals_land_exactly() {
+        let (sink, schema) = sink().await;
+        let wide = "123456789012345678901234567890.123456789";
+        let s = StreamSchema::new(
+            "deals",
+            "id",
+            vec![
+                Field::new("id", FieldType::String),
+                Field::new("amount", FieldType::Number),
+            ],
+        );
+        let mut data = Map::new();
+        data.insert("id".into(), json!("1"));
+        // As the HubSpot source types its string properties.
+        data.insert("amount".into(), coerce(json!(wide), FieldType::Number));
+        load(&sink, "acme", &s, vec![Record::new("1", data)], json!({})).await;
+        let client = plain_client().await;
+        let row = client
+            .query_one(
+                &format!("SELECT amount::text, _record->>'amount' FROM \"{schema}\".\"deals\""),
+                &[],
+            )
+            .await
+            .expect("row");
+        assert_eq!(row.get::<_, String>(0), wide);
+        assert_eq!(row.get::<_, String>(1), wide);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+}

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::encode::clean;
 use super::ident::{choose, fnv1a, literal, qualified, quote};
 use super::{pg_err, NAME};
 use crate::schema::{FieldType, StreamSchema};
@@ -260,15 +261,21 @@ pub(crate) struct Prepared {
     pub without_column: Vec<String>,
 }
 
-fn names_with_nul(schema: &StreamSchema) -> Option<String> {
-    if schema.name.contains('\0') {
-        return Some(format!("the stream name {:?}", schema.name));
+/// `stream` with every NUL in its names and labels replaced (by
+/// [`clean`]): records' keys are cleaned the same way, so fields still find
+/// their values.
+fn clean_schema(stream: &StreamSchema) -> StreamSchema {
+    let c = |s: &str| clean(s).into_owned();
+    let mut out = stream.clone();
+    out.name = c(&stream.name);
+    for f in &mut out.fields {
+        f.name = c(&f.name);
+        f.description = f.description.as_deref().map(c);
+        f.source_type = f.source_type.as_deref().map(c);
     }
-    schema
-        .fields
-        .iter()
-        .find(|f| f.name.contains('\0'))
-        .map(|f| format!("the field name {:?}", f.name))
+    out.primary_key = stream.primary_key.iter().map(|k| c(k)).collect();
+    out.cursor_field = stream.cursor_field.as_deref().map(c);
+    out
 }
 
 /// Creates or evolves the table of `stream` in `schema` (inside `tx`, which
@@ -292,11 +299,8 @@ pub(crate) async fn prepare(
     max_columns: usize,
 ) -> Result<Prepared> {
     let max_columns = max_columns.clamp(1, MAX_DATA_COLUMNS);
-    if let Some(what) = names_with_nul(stream) {
-        return Err(Error::Config(format!(
-            "postgres sink: {what} holds a NUL character, which Postgres cannot store"
-        )));
-    }
+    let cleaned = clean_schema(stream);
+    let stream = &cleaned;
     if stream.primary_key.is_empty() {
         return Err(Error::Config(format!(
             "postgres sink: stream `{}` has no primary key; the Postgres sink upserts by key",

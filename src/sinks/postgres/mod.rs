@@ -63,8 +63,19 @@
 //! would take a metadata column's name) is shortened at a character boundary
 //! and given an 8-hex-digit hash suffix, unique and stable. Look names up in
 //! `_headwater_streams` and `_headwater_columns` (or with
-//! [`PostgresSink::table_name`]). Names and tenants may hold any character
-//! but NUL, which Postgres cannot store.
+//! [`PostgresSink::table_name`]).
+//!
+//! # NUL characters
+//! Postgres stores no NUL (`\u0000`) in `text` or `jsonb`. Every string on
+//! its way to the database goes through one helper that replaces each NUL
+//! with U+FFFD (`�`): tenants, stream and field names, labels and
+//! descriptions in the stored schema, record ids, and record values and
+//! keys in the columns and `_record` (counted in
+//! [`PostgresStats::sanitized_records`] and logged once per stream). Look
+//! such names up with U+FFFD in place of the NUL. The checkpoint alone,
+//! which must come back exactly for a resume, is stored as its JSON text
+//! (where NUL is the escape `\u0000`) under the key `headwater_json_text`
+//! when it holds a NUL; [`Sink::load_state`] reads it back unchanged.
 //!
 //! # Writes
 //! [`Sink::write`] converts each record to Postgres' binary COPY format
@@ -134,6 +145,7 @@
 //! [`Sink::write`]: crate::sink::Sink::write
 //! [`Sink::commit`]: crate::sink::Sink::commit
 //! [`Sink::prepare`]: crate::sink::Sink::prepare
+//! [`Sink::load_state`]: crate::sink::Sink::load_state
 
 mod builder;
 mod conn;
@@ -327,7 +339,7 @@ impl PostgresSink {
                     "SELECT table_name FROM {} WHERE stream = $1",
                     ident::qualified(&self.schema, STREAMS_TABLE)
                 ),
-                &[&stream],
+                &[&encode::clean(stream)],
             )
             .await
             .map_err(pg_err("cannot read the stream table"))?;
@@ -415,6 +427,7 @@ impl PostgresSink {
         let mut mismatches = vec![0u64; ncols];
         let mut samples: Vec<Option<String>> = vec![None; ncols];
         let mut sanitized = 0u64;
+        let tenant = encode::clean(&batch.tenant);
         for record in &batch.records {
             let clean;
             let data = if encode::map_has_nul(&record.data) {
@@ -427,7 +440,7 @@ impl PostgresSink {
             let row_start = out.len();
             let mut key = Vec::with_capacity(32);
             out.put_i16(fields);
-            encode::text_cell(&batch.tenant, &mut out);
+            encode::text_cell(&tenant, &mut out);
             for (c, col) in layout.columns.iter().enumerate() {
                 let start = out.len();
                 let value = data.get(&col.field);
@@ -445,7 +458,7 @@ impl PostgresSink {
                     // A key cannot be NULL: a one-field key falls back to the
                     // record's id.
                     out.truncate(start);
-                    let id = Value::String(record.id.clone());
+                    let id = Value::String(encode::clean(&record.id).into_owned());
                     if layout.key_len != 1
                         || encode::cell(Some(&id), col.ty, &mut out) != Cell::Value
                     {
@@ -760,7 +773,7 @@ impl PostgresSink {
                 .await
                 .map_err(pg_err("cannot prepare the delete of stale rows"))?;
             let n = client
-                .execute(&stale, &[&cp.tenant, &cp.sync_id])
+                .execute(&stale, &[&encode::clean(&cp.tenant), &cp.sync_id])
                 .await
                 .map_err(pg_err(format!(
                     "cannot delete stale rows from {}",
@@ -782,17 +795,19 @@ impl PostgresSink {
             .await
             .map_err(pg_err("cannot prepare the state upsert"))?;
         let records = i64::try_from(cp.records).unwrap_or(i64::MAX);
+        let checkpoint = encode::state_to_jsonb(cp)
+            .map_err(|e| Error::sink(NAME, "cannot encode the checkpoint", e))?;
         client
             .execute(
                 &state,
                 &[
-                    &cp.tenant,
-                    &cp.stream,
+                    &encode::clean(&cp.tenant),
+                    &encode::clean(&cp.stream),
                     &cp.sync_id,
                     &cp.complete,
                     &records,
                     &cp.committed_at,
-                    &Json(cp),
+                    &checkpoint,
                 ],
             )
             .await
@@ -809,7 +824,7 @@ impl PostgresSink {
                     "SELECT EXISTS (SELECT 1 FROM {} WHERE _tenant_id = $1)",
                     ident::qualified(&self.schema, &layout.table)
                 ),
-                &[&tenant],
+                &[&encode::clean(tenant)],
             )
             .await
             .map_err(pg_err("cannot look for existing rows"))?;
@@ -824,12 +839,6 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
-        if ctx.tenant.contains('\0') {
-            return Err(Error::Config(
-                "postgres sink: the tenant id holds a NUL character, which Postgres cannot store"
-                    .into(),
-            ));
-        }
         // A new run (or a resumed one) starts from what is committed: rows
         // buffered or streamed by an interrupted run on this instance are
         // dropped (the engine reads them again from the checkpoint), and its
@@ -1077,7 +1086,10 @@ impl Sink for PostgresSink {
     /// The keys of the tenant's live rows; a composite key's columns are
     /// joined by `:`.
     async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
-        let stream = stream.name.as_str();
+        let stream = encode::clean(&stream.name);
+        let stream = stream.as_ref();
+        let tenant = encode::clean(tenant);
+        let tenant = tenant.as_ref();
         self.setup().await?;
         let client = self.client().await?;
         let Some(row) = client
@@ -1133,7 +1145,7 @@ impl Sink for PostgresSink {
                     "SELECT checkpoint FROM {} WHERE tenant = $1 AND stream = $2",
                     ident::qualified(&self.schema, STATE_TABLE)
                 ),
-                &[&tenant, &stream],
+                &[&encode::clean(tenant), &encode::clean(stream)],
             )
             .await
             .map_err(pg_err("cannot read the checkpoint"))?;
@@ -1141,11 +1153,16 @@ impl Sink for PostgresSink {
         let Json(value): Json<Value> = row
             .try_get(0)
             .map_err(pg_err("cannot read the checkpoint"))?;
-        serde_json::from_value(value).map(Some).map_err(|e| {
-            Error::state(
-                format!("unreadable checkpoint of `{stream}` for tenant `{tenant}` in Postgres"),
-                e,
-            )
-        })
+        encode::state_from_jsonb(value)
+            .and_then(serde_json::from_value)
+            .map(Some)
+            .map_err(|e| {
+                Error::state(
+                    format!(
+                        "unreadable checkpoint of `{stream}` for tenant `{tenant}` in Postgres"
+                    ),
+                    e,
+                )
+            })
     }
 }
