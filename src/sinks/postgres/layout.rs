@@ -586,6 +586,7 @@ fn cursor_column(stream: &StreamSchema, columns: &[Column]) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn evolve(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
