@@ -44,7 +44,29 @@ postgres() {
   if ! (cd / && runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1); then
     (cd / && runuser -u postgres -- createdb test) || die "cannot create database test"
   fi
-  echo "test-services: PostgreSQL ready at postgres://postgres:postgres@127.0.0.1:5432/test"
+  # TLS with Debian's self-signed snakeoil certificate (CN localhost), for
+  # the sink's sslmode tests; Debian's cluster usually has it on already.
+  if [ "$(cd / && runuser -u postgres -- psql -qtAc 'SHOW ssl')" != "on" ]; then
+    if [ ! -f /etc/ssl/private/ssl-cert-snakeoil.key ]; then
+      command -v make-ssl-cert >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ssl-cert >/dev/null; } \
+        || die "cannot install ssl-cert for a TLS certificate"
+      make-ssl-cert generate-default-snakeoil || die "cannot make the snakeoil certificate"
+    fi
+    usermod -a -G ssl-cert postgres 2>/dev/null || true
+    (cd / && runuser -u postgres -- psql -qtAc "ALTER SYSTEM SET ssl_cert_file = '/etc/ssl/certs/ssl-cert-snakeoil.pem'" \
+      && runuser -u postgres -- psql -qtAc "ALTER SYSTEM SET ssl_key_file = '/etc/ssl/private/ssl-cert-snakeoil.key'" \
+      && runuser -u postgres -- psql -qtAc "ALTER SYSTEM SET ssl = on" \
+      && runuser -u postgres -- psql -qtAc "SELECT pg_reload_conf()") >/dev/null || die "cannot turn TLS on"
+    sleep 1
+    if [ "$(cd / && runuser -u postgres -- psql -qtAc 'SHOW ssl')" != "on" ]; then
+      # A new group membership (ssl-cert, to read the key) needs a restart.
+      ver=$(ls /etc/postgresql | sort -V | tail -1)
+      pg_ctlcluster --skip-systemctl-redirect "$ver" main restart || die "cannot restart PostgreSQL"
+      wait_for PostgreSQL 30 pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not restart"
+    fi
+    [ "$(cd / && runuser -u postgres -- psql -qtAc 'SHOW ssl')" = "on" ] || die "PostgreSQL did not turn TLS on"
+  fi
+  echo "test-services: PostgreSQL ready at postgres://postgres:postgres@127.0.0.1:5432/test (TLS on)"
 }
 
 # --- Python servers -----------------------------------------------------------

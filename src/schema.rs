@@ -144,9 +144,13 @@ pub fn coerce(value: Value, field_type: FieldType) -> Value {
             if let Ok(i) = t.parse::<i64>() {
                 return Value::from(i);
             }
+            // A decimal becomes a JSON number only when f64 holds it
+            // exactly (its shortest form is the same decimal); wider or
+            // longer ones keep the source's text, which every sink reads as
+            // an exact decimal.
             match t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-                Some(n) => Value::Number(n),
-                None => Value::String(s),
+                Some(n) if same_decimal(t, &n.to_string()) => Value::Number(n),
+                _ => Value::String(s),
             }
         }
         FieldType::Boolean => match t {
@@ -178,6 +182,48 @@ pub fn coerce(value: Value, field_type: FieldType) -> Value {
         FieldType::Json => serde_json::from_str(t).unwrap_or(Value::String(s)),
         FieldType::String => Value::String(s),
     }
+}
+
+/// True when the decimal literals `a` and `b` (`-1.50`, `15e-1`) denote the
+/// same number. Anything but a plain decimal literal compares unequal.
+fn same_decimal(a: &str, b: &str) -> bool {
+    match (decimal_parts(a), decimal_parts(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Sign, significant digits (no leading or trailing zeros) and the power of
+/// ten of the first of them, of a decimal literal; zero is `(false, "", 0)`.
+fn decimal_parts(s: &str) -> Option<(bool, String, i64)> {
+    let (negative, s) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let all: String = int.chars().chain(frac.chars()).collect();
+    let lead = all.bytes().take_while(|b| *b == b'0').count();
+    let digits = all[lead..].trim_end_matches('0');
+    if digits.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    let int_len = i64::try_from(int.len()).ok()?;
+    let lead = i64::try_from(lead).ok()?;
+    let power = int_len
+        .checked_sub(lead)?
+        .checked_sub(1)?
+        .checked_add(exponent)?;
+    Some((negative, digits.to_owned(), power))
 }
 
 #[cfg(test)]
@@ -216,6 +262,36 @@ mod tests {
         );
         assert_eq!(coerce(json!("[1,2]"), FieldType::Json), json!([1, 2]));
         assert_eq!(coerce(json!(7), FieldType::String), json!(7));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_keep_their_source_text() {
+        // Exact decimals are never rounded through f64: the source's text
+        // stays (sinks read decimal text exactly).
+        for wide in [
+            "123456789012345678901234567890.123456789",
+            "9223372036854775808",
+            "-99999999999999999999",
+            "0.12345678901234567890123",
+            "1e400",
+        ] {
+            assert_eq!(
+                coerce(json!(wide), FieldType::Number),
+                json!(wide),
+                "{wide}"
+            );
+            assert_eq!(
+                coerce(json!(wide), FieldType::Integer),
+                json!(wide),
+                "{wide}"
+            );
+        }
+        // What f64 holds exactly becomes a JSON number.
+        assert_eq!(coerce(json!("0.1"), FieldType::Number), json!(0.1));
+        assert_eq!(coerce(json!("1.50"), FieldType::Number), json!(1.5));
+        assert_eq!(coerce(json!("-2.5e3"), FieldType::Number), json!(-2500.0));
+        assert_eq!(coerce(json!("1e21"), FieldType::Number), json!(1e21));
+        assert_eq!(coerce(json!(" 7 "), FieldType::Number), json!(7));
     }
 
     #[test]

@@ -194,6 +194,9 @@ pub struct FakeConfig {
     /// `datetime`, `enumeration` (radio), `string`, `number`, `enumeration`
     /// (select).
     pub custom_properties: usize,
+    /// Name prefix of the custom properties (default `custom_prop_`): two
+    /// fakes with other prefixes are portals with different properties.
+    pub custom_property_prefix: String,
     /// Number of active owners (default 12). One archived owner is served too.
     pub owners: usize,
     /// Burst limit for CRM calls, per private-app token and per OAuth app
@@ -244,6 +247,7 @@ impl Default for FakeConfig {
             seed: 42,
             objects,
             custom_properties: 5,
+            custom_property_prefix: "custom_prop_".to_string(),
             owners: 12,
             rate_limit: None,
             search_rate_limit: None,
@@ -1763,7 +1767,13 @@ impl SchemaBuilder {
     }
 }
 
-fn build_schema(name: &str, seed: ObjectSeed, custom: usize, owners: usize) -> TypeSchema {
+fn build_schema(
+    name: &str,
+    seed: ObjectSeed,
+    custom: usize,
+    prefix: &str,
+    owners: usize,
+) -> TypeSchema {
     let (group, singular) = match name {
         "contacts" => ("contactinformation".to_string(), "CONTACT".to_string()),
         "companies" => ("companyinformation".to_string(), "COMPANY".to_string()),
@@ -2121,7 +2131,7 @@ fn build_schema(name: &str, seed: ObjectSeed, custom: usize, owners: usize) -> T
     }
     b.group = "headwater_fake".to_string();
     for c in 0..custom {
-        let pname = format!("custom_prop_{c}");
+        let pname = format!("{prefix}{c}");
         let label = format!("Custom prop {c}");
         let def = match c % 11 {
             0 => b.add(&pname, &label, "date", "date", Gen::Date),
@@ -3039,7 +3049,13 @@ impl Inner {
             .iter()
             .map(|(name, seed)| {
                 let name = name.to_ascii_lowercase();
-                let schema = build_schema(&name, *seed, cfg.custom_properties, cfg.owners);
+                let schema = build_schema(
+                    &name,
+                    *seed,
+                    cfg.custom_properties,
+                    &cfg.custom_property_prefix,
+                    cfg.owners,
+                );
                 (name, Arc::new(schema))
             })
             .collect();

@@ -84,13 +84,31 @@ pub(super) fn column_json(name: &str, ty: &str, description: &str) -> Value {
     json!({"name": name, "type": ty, "mode": "NULLABLE", "description": description})
 }
 
+/// BigQuery's limit of columns in a table.
+pub(super) const MAX_COLUMNS: usize = 10_000;
+
 /// Maps a schema onto a table's existing columns; returns the layout and
 /// the columns to add (as `TableFieldSchema` JSON).
+///
+/// The table's columns stay within BigQuery's limit by the Postgres sink's
+/// rule: key fields always get a column, other fields get one first come,
+/// first served while the table has room; a field without one is in
+/// `_record` only.
 pub(super) fn plan_layout(
     schema: &StreamSchema,
     table: &str,
     existing: &[Existing],
     number_type: NumberType,
+) -> Result<(Layout, Vec<Value>)> {
+    plan_layout_within(schema, table, existing, number_type, MAX_COLUMNS)
+}
+
+fn plan_layout_within(
+    schema: &StreamSchema,
+    table: &str,
+    existing: &[Existing],
+    number_type: NumberType,
+    max_columns: usize,
 ) -> Result<(Layout, Vec<Value>)> {
     if schema.primary_key.is_empty() {
         return Err(Error::Config(format!(
@@ -151,6 +169,21 @@ pub(super) fn plan_layout(
     let numeric = number_type == NumberType::Numeric;
     let mut fields = Vec::with_capacity(wanted.len());
     let mut seen = HashSet::new();
+    // Room for new columns, less what the key fields may still need.
+    let keys_to_add = schema
+        .primary_key
+        .iter()
+        .filter(|k| {
+            let d = describe_field(k);
+            !existing
+                .iter()
+                .any(|e| e.description.as_deref() == Some(d.as_str()))
+        })
+        .count();
+    let mut room = max_columns
+        .saturating_sub(existing.len() + new.len())
+        .saturating_sub(keys_to_add);
+    let mut without_column = 0usize;
     for (field, field_type) in wanted {
         if !seen.insert(field.clone()) {
             continue; // a schema naming a field twice
@@ -199,6 +232,13 @@ pub(super) fn plan_layout(
                 }
             }
             None => {
+                if !is_key {
+                    if room == 0 {
+                        without_column += 1;
+                        continue;
+                    }
+                    room -= 1;
+                }
                 let name = taken.assign(&field);
                 new.push(column_json(&name, desired.name(), &description));
                 Column { name, ty: desired }
@@ -214,6 +254,14 @@ pub(super) fn plan_layout(
         }
         columns.push(column);
         fields.push((field, columns.len() - 1));
+    }
+    if without_column > 0 {
+        tracing::warn!(
+            table,
+            fields = without_column,
+            max_columns,
+            "bigquery: the table is at its column limit: these fields have no column; their values are in _record"
+        );
     }
     let keys = schema
         .primary_key
@@ -286,6 +334,38 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(layout2.columns[amount].ty, ColumnType::Numeric);
+    }
+
+    #[test]
+    fn tables_stay_within_their_column_limit() {
+        let mut s = schema();
+        for i in 0..30 {
+            s.fields
+                .push(Field::new(format!("p{i}"), FieldType::String));
+        }
+        // The key always gets its column, wherever it is in the schema.
+        s.fields.rotate_left(1);
+        let limit = META.len() + 12;
+        let (layout, new) =
+            plan_layout_within(&s, "deals", &[], NumberType::Numeric, limit).unwrap();
+        assert_eq!(new.len(), limit);
+        assert_eq!(layout.columns.len(), limit);
+        assert_eq!(layout.columns[layout.keys[0]].name, "id");
+        // The table as created: a schema with more fields adds nothing.
+        let existing: Vec<Existing> = new
+            .iter()
+            .map(|c| Existing {
+                name: c["name"].as_str().unwrap().to_owned(),
+                ty: ColumnType::parse(c["type"].as_str().unwrap()),
+                description: c["description"].as_str().map(str::to_owned),
+            })
+            .collect();
+        s.fields.push(Field::new("later", FieldType::String));
+        let (layout2, new2) =
+            plan_layout_within(&s, "deals", &existing, NumberType::Numeric, limit).unwrap();
+        assert!(new2.is_empty(), "{new2:?}");
+        assert_eq!(layout2.columns.len(), limit);
+        assert!(!layout2.fields.iter().any(|(f, _)| f == "later"));
     }
 
     #[test]

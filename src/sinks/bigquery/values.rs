@@ -226,17 +226,18 @@ pub(crate) fn normalize_numeric(text: &str) -> Option<String> {
         .chain(frac_part.bytes())
         .map(|b| b - b'0')
         .collect();
-    // Position of the decimal point within `digits`.
-    let point = int_part.len() as i64 + exponent;
     if digits.iter().all(|d| *d == 0) {
         return Some("0".to_owned());
+    }
+    // Position of the decimal point within `digits`. The exponent comes
+    // from the network: an overflow means a number far out of range.
+    let point = i64::try_from(int_part.len()).ok()?.checked_add(exponent)?;
+    if point < -10 {
+        return Some("0".to_owned()); // rounds to zero at 9 fractional digits
     }
     let first_nonzero = digits.iter().position(|d| *d != 0).unwrap_or(0) as i64;
     if point - first_nonzero > 29 {
         return None; // more than 29 integer digits
-    }
-    if point < -10 {
-        return Some("0".to_owned()); // rounds to zero at 9 fractional digits
     }
     // Integer digits and the first 10 fractional digits (one for rounding).
     let digit_at = |i: i64| -> u8 {
@@ -425,6 +426,31 @@ fn number_value(s: &str) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn absurd_exponents_neither_panic_nor_allocate() {
+        let n = |s: &str| normalize_numeric(s);
+        let max = i64::MAX;
+        let min = i64::MIN;
+        assert_eq!(n(&format!("1e{max}")), None);
+        assert_eq!(n(&format!("123.45e{max}")), None);
+        assert_eq!(n(&format!("1e{min}")), Some("0".to_owned()));
+        assert_eq!(n(&format!("-9.9e-{max}")), Some("0".to_owned()));
+        assert_eq!(n(&format!("0e{max}")), Some("0".to_owned()));
+        assert_eq!(n("1e99999999999999999999"), None);
+        assert_eq!(n("1e-99999999999999999999"), None);
+        assert_eq!(n("1e28"), Some(format!("1{}", "0".repeat(28))));
+        assert_eq!(n("1e29"), None);
+        // A number kept as text by `coerce` loads exactly into NUMERIC.
+        let coerced = crate::schema::coerce(
+            json!("1234567890123456789012345678.123456789"),
+            FieldType::Number,
+        );
+        assert_eq!(
+            to_load_value(&coerced, &ColumnType::Numeric),
+            Ok(Some(json!("1234567890123456789012345678.123456789")))
+        );
+    }
 
     #[test]
     fn numeric_normalization() {

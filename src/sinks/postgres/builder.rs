@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::Host;
-use tokio_postgres::NoTls;
 
 use super::conn::STREAM_TIMEOUT;
-use super::{ident, Counters, PostgresSink, DATABASE_URL_ENV, DEFAULT_SCHEMA, NAME};
+use super::tls::{self, SslMode};
+use super::{ident, layout, Counters, PostgresSink, DATABASE_URL_ENV, DEFAULT_SCHEMA, NAME};
 use crate::{Error, Result};
 
 /// Builds a [`PostgresSink`].
@@ -32,6 +32,7 @@ pub struct PostgresSinkBuilder {
     connect_timeout: Option<Duration>,
     optimistic_copy: Option<bool>,
     stream_timeout: Option<Duration>,
+    max_columns: Option<usize>,
 }
 
 impl std::fmt::Debug for PostgresSinkBuilder {
@@ -44,6 +45,7 @@ impl std::fmt::Debug for PostgresSinkBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("optimistic_copy", &self.optimistic_copy)
             .field("stream_timeout", &self.stream_timeout)
+            .field("max_columns", &self.max_columns)
             .finish()
     }
 }
@@ -67,6 +69,15 @@ impl PostgresSinkBuilder {
 
     /// The database: a URL (`postgres://user:password@host:port/db`) or a
     /// `key=value` connection string.
+    ///
+    /// TLS is set as libpq sets it: `sslmode` is `disable`, `prefer` (the
+    /// default: TLS when the server offers it), `require`, `verify-ca` (the
+    /// server's certificate must chain to a trusted root) or `verify-full`
+    /// (and name the host connected to); `sslrootcert` is a PEM file of
+    /// trusted roots (`system`, or none, for the platform's). With
+    /// `sslrootcert`, `prefer` and `require` verify the chain as `verify-ca`
+    /// does; without it they encrypt without authenticating the server.
+    /// `postgres://app@db.example.com/crm?sslmode=verify-full&sslrootcert=/etc/ssl/rds-ca.pem`
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -114,6 +125,26 @@ impl PostgresSinkBuilder {
         self
     }
 
+    /// Most typed data columns one stream table gets (default 400; at most
+    /// 1,595, Postgres' limit of 1,600 less the metadata columns).
+    ///
+    /// All tenants of a stream share its table, so the union of their
+    /// fields (every portal's custom properties) must fit in it. Fields get
+    /// columns first come, first served: the key and cursor fields always,
+    /// then the others in the order they are first prepared, while the
+    /// table is under this budget. A field without a column loses nothing:
+    /// its values are in `_record` like every field's (`_record->>'name'`);
+    /// `_headwater_columns` lists the fields that have one. A field keeps
+    /// the column it got, so raising the budget later only adds columns.
+    /// The default keeps a row within Postgres' 8 kB row limit even when
+    /// every column is filled (each value takes up to 18 bytes in the row
+    /// once TOASTed); past about 450 filled columns a row can fail with
+    /// `row is too big` (SQLSTATE 54000).
+    pub fn max_columns(mut self, n: usize) -> Self {
+        self.max_columns = Some(n.clamp(1, layout::MAX_DATA_COLUMNS));
+        self
+    }
+
     /// Connects (once, to fail early on a wrong URL or an unreachable server)
     /// and returns the sink.
     pub async fn build(self) -> Result<PostgresSink> {
@@ -122,6 +153,8 @@ impl PostgresSinkBuilder {
                 "postgres sink: no database URL (set one with .url() or {DATABASE_URL_ENV})"
             ))
         })?;
+        let (url, tls_settings) = tls::split_settings(&url)?;
+        let tls = tls::connector(&tls_settings)?;
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("postgres sink: invalid database URL: {e}")))?;
@@ -140,11 +173,12 @@ impl PostgresSinkBuilder {
                 ident::MAX_IDENT
             )));
         }
-        let target = describe(&pg);
+        pg.ssl_mode(tls_settings.mode.for_tokio_postgres());
+        let target = describe(&pg, tls_settings.mode);
         let pg_config = pg.clone();
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -166,14 +200,16 @@ impl PostgresSinkBuilder {
             streams: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             stream_timeout: self.stream_timeout.unwrap_or(STREAM_TIMEOUT),
             pg_config,
+            max_columns: self.max_columns.unwrap_or(layout::DEFAULT_MAX_COLUMNS),
+            tls,
         };
         drop(sink.client().await?);
         Ok(sink)
     }
 }
 
-/// `host:port/db as user`, for messages (never the password).
-fn describe(pg: &tokio_postgres::Config) -> String {
+/// `host:port/db as user (sslmode …)`, for messages (never the password).
+fn describe(pg: &tokio_postgres::Config, mode: SslMode) -> String {
     let host = match pg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -182,8 +218,9 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     format!(
-        "{host}:{port}/{} as {}",
+        "{host}:{port}/{} as {} (sslmode {})",
         pg.get_dbname().unwrap_or("(default db)"),
-        pg.get_user().unwrap_or("(default user)")
+        pg.get_user().unwrap_or("(default user)"),
+        mode.as_str()
     )
 }

@@ -91,10 +91,11 @@ impl Conn {
     /// commit: the server then ends its transaction and frees its locks.
     pub(super) async fn own(
         config: &tokio_postgres::Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
         permit: tokio::sync::OwnedSemaphorePermit,
         limit: Duration,
     ) -> std::result::Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = config.connect(tls).await?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "streaming connection ended");

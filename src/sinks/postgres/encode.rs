@@ -393,19 +393,66 @@ pub(crate) fn map_has_nul(m: &Map<String, Value>) -> bool {
         .any(|(k, v)| k.as_bytes().contains(&0) || has_nul(v))
 }
 
-/// A copy of `m` with every NUL replaced by U+FFFD.
-pub(crate) fn replace_nul(m: &Map<String, Value>) -> Map<String, Value> {
-    fn value(v: &Value) -> Value {
-        match v {
-            Value::String(s) => Value::String(s.replace('\0', "\u{FFFD}")),
-            Value::Array(a) => Value::Array(a.iter().map(value).collect()),
-            Value::Object(m) => Value::Object(replace_nul(m)),
-            other => other.clone(),
-        }
+/// What a NUL becomes in anything the sink stores (names, ids, labels,
+/// values): U+FFFD, the replacement character.
+pub(crate) const NUL_REPLACEMENT: &str = "\u{FFFD}";
+
+/// `s` as Postgres can store it: each NUL replaced by U+FFFD. The one
+/// helper for every string on its way to the database (tenants, stream and
+/// field names, record ids, labels, values).
+pub(crate) fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.as_bytes().contains(&0) {
+        std::borrow::Cow::Owned(s.replace('\0', NUL_REPLACEMENT))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
+}
+
+/// A copy of `m` with every NUL replaced by U+FFFD (by [`clean`]).
+pub(crate) fn replace_nul(m: &Map<String, Value>) -> Map<String, Value> {
     m.iter()
-        .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), value(v)))
+        .map(|(k, v)| (clean(k).into_owned(), clean_value(v)))
         .collect()
+}
+
+/// A copy of `v` with every NUL replaced by U+FFFD (by [`clean`]).
+pub(crate) fn clean_value(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(clean(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(clean_value).collect()),
+        Value::Object(m) => Value::Object(replace_nul(m)),
+        other => other.clone(),
+    }
+}
+
+/// The key under which a checkpoint holding a NUL is stored as JSON text.
+const ESCAPED_STATE_KEY: &str = "headwater_json_text";
+
+/// A checkpoint as the `jsonb` of the state table. It must come back
+/// exactly (a resume sends its cursors), so one holding a NUL is not
+/// [`clean`]ed but stored as its JSON text, where NUL is the escape
+/// `\u0000`: `{"headwater_json_text": "…"}`.
+pub(crate) fn state_to_jsonb<T: serde::Serialize>(state: &T) -> serde_json::Result<Value> {
+    let value = serde_json::to_value(state)?;
+    if has_nul(&value) {
+        let text = serde_json::to_string(&value)?;
+        return Ok(Value::Object(Map::from_iter([(
+            ESCAPED_STATE_KEY.to_owned(),
+            Value::String(text),
+        )])));
+    }
+    Ok(value)
+}
+
+/// The inverse of [`state_to_jsonb`].
+pub(crate) fn state_from_jsonb(value: Value) -> serde_json::Result<Value> {
+    match value {
+        Value::Object(m) if m.len() == 1 => match m.get(ESCAPED_STATE_KEY) {
+            Some(Value::String(text)) => serde_json::from_str(text),
+            _ => Ok(Value::Object(m)),
+        },
+        other => Ok(other),
+    }
 }
 
 #[cfg(test)]
@@ -615,5 +662,20 @@ mod tests {
         assert!(!map_has_nul(&r));
         assert_eq!(r["a"][0], "x\u{FFFD}y");
         assert!(r.contains_key("k\u{FFFD}"));
+        assert_eq!(clean("a\u{0}b\u{0}"), "a\u{FFFD}b\u{FFFD}");
+        assert!(matches!(clean("ab"), std::borrow::Cow::Borrowed("ab")));
+    }
+
+    #[test]
+    fn checkpoints_with_nul_round_trip_exactly() {
+        for state in [
+            json!({"after": "a\u{0}b"}),
+            json!({"after": "ab"}),
+            json!(null),
+        ] {
+            let stored = state_to_jsonb(&state).unwrap();
+            assert!(!has_nul(&stored), "{stored}");
+            assert_eq!(state_from_jsonb(stored).unwrap(), state);
+        }
     }
 }

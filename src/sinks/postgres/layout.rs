@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::encode::clean;
 use super::ident::{choose, fnv1a, literal, qualified, quote};
 use super::{pg_err, NAME};
 use crate::schema::{FieldType, StreamSchema};
@@ -26,6 +27,19 @@ pub(crate) const META_COLUMNS: [&str; 5] = [
     "_sync_id",
     "_extracted_at",
 ];
+
+/// Postgres' limit of columns in a table, dropped ones included.
+pub(crate) const PG_MAX_COLUMNS: usize = 1_600;
+
+/// The default of [`PostgresSinkBuilder::max_columns`](super::PostgresSinkBuilder::max_columns).
+/// A row of that many filled columns stays under Postgres' 8 kB row limit
+/// even when every value is a TOAST pointer (18 bytes); a row of 900 short
+/// values (8.3 kB) does not fit.
+pub(crate) const DEFAULT_MAX_COLUMNS: usize = 400;
+
+/// Most data columns a stream table can have: Postgres' limit less the
+/// metadata columns.
+pub(crate) const MAX_DATA_COLUMNS: usize = PG_MAX_COLUMNS - META_COLUMNS.len();
 
 /// The SQL type of a column made for `ty`.
 pub(crate) fn sql_type(ty: FieldType) -> &'static str {
@@ -242,17 +256,26 @@ pub(crate) struct Prepared {
     pub created: bool,
     pub added: Vec<String>,
     pub type_changes: Vec<TypeChange>,
+    /// Fields left without a column: the table is at its column budget.
+    /// Their values are in `_record` only.
+    pub without_column: Vec<String>,
 }
 
-fn names_with_nul(schema: &StreamSchema) -> Option<String> {
-    if schema.name.contains('\0') {
-        return Some(format!("the stream name {:?}", schema.name));
+/// `stream` with every NUL in its names and labels replaced (by
+/// [`clean`]): records' keys are cleaned the same way, so fields still find
+/// their values.
+fn clean_schema(stream: &StreamSchema) -> StreamSchema {
+    let c = |s: &str| clean(s).into_owned();
+    let mut out = stream.clone();
+    out.name = c(&stream.name);
+    for f in &mut out.fields {
+        f.name = c(&f.name);
+        f.description = f.description.as_deref().map(c);
+        f.source_type = f.source_type.as_deref().map(c);
     }
-    schema
-        .fields
-        .iter()
-        .find(|f| f.name.contains('\0'))
-        .map(|f| format!("the field name {:?}", f.name))
+    out.primary_key = stream.primary_key.iter().map(|k| c(k)).collect();
+    out.cursor_field = stream.cursor_field.as_deref().map(c);
+    out
 }
 
 /// Creates or evolves the table of `stream` in `schema` (inside `tx`, which
@@ -273,12 +296,11 @@ pub(crate) async fn prepare(
     schema: &str,
     stream: &StreamSchema,
     lz4: bool,
+    max_columns: usize,
 ) -> Result<Prepared> {
-    if let Some(what) = names_with_nul(stream) {
-        return Err(Error::Config(format!(
-            "postgres sink: {what} holds a NUL character, which Postgres cannot store"
-        )));
-    }
+    let max_columns = max_columns.clamp(1, MAX_DATA_COLUMNS);
+    let cleaned = clean_schema(stream);
+    let stream = &cleaned;
     if stream.primary_key.is_empty() {
         return Err(Error::Config(format!(
             "postgres sink: stream `{}` has no primary key; the Postgres sink upserts by key",
@@ -355,7 +377,18 @@ pub(crate) async fn prepare(
     }
 
     let prepared = match existing {
-        None => create(tx, schema, stream, &schema_json, &key_json, lz4).await?,
+        None => {
+            create(
+                tx,
+                schema,
+                stream,
+                &schema_json,
+                &key_json,
+                lz4,
+                max_columns,
+            )
+            .await?
+        }
         Some((table, key, cursor, oid)) => {
             if key != key_json {
                 return Err(Error::Config(format!(
@@ -365,7 +398,7 @@ pub(crate) async fn prepare(
                     qualified(schema, &table)
                 )));
             }
-            evolve(tx, schema, stream, &table, oid, cursor, lz4).await?
+            evolve(tx, schema, stream, &table, oid, cursor, lz4, max_columns).await?
         }
     };
     tx.execute(
@@ -437,6 +470,21 @@ fn unique_fields(stream: &StreamSchema) -> Vec<(String, FieldType)> {
         .collect()
 }
 
+/// True for fields that must have a column whatever the budget: the key
+/// fields and the cursor.
+fn required(stream: &StreamSchema, field: &str) -> bool {
+    stream.primary_key.iter().any(|k| k == field) || stream.cursor_field.as_deref() == Some(field)
+}
+
+/// How many of `fields` are [`required`] and not in `have`: room kept for
+/// them in the budget.
+fn reserved(stream: &StreamSchema, fields: &[(String, FieldType)], have: &[Column]) -> usize {
+    fields
+        .iter()
+        .filter(|(f, _)| required(stream, f) && !have.iter().any(|c| &c.field == f))
+        .count()
+}
+
 async fn create(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
@@ -444,6 +492,7 @@ async fn create(
     schema_json: &Value,
     key_json: &Value,
     lz4: bool,
+    max_columns: usize,
 ) -> Result<Prepared> {
     let taken = names_in_schema(tx, schema).await?;
     let table = choose(&stream.name, |n| {
@@ -451,7 +500,17 @@ async fn create(
     });
     let mut used: HashSet<String> = META_COLUMNS.iter().map(|s| s.to_string()).collect();
     let mut columns = Vec::new();
-    for (field, ty) in unique_fields(stream) {
+    let mut without_column = Vec::new();
+    let fields = unique_fields(stream);
+    let mut room = max_columns.saturating_sub(reserved(stream, &fields, &[]));
+    for (field, ty) in fields {
+        if !required(stream, &field) {
+            if room == 0 {
+                without_column.push(field);
+                continue;
+            }
+            room -= 1;
+        }
         let name = choose(&field, |n| used.contains(n));
         used.insert(name.clone());
         columns.push(Column { field, name, ty });
@@ -515,6 +574,7 @@ async fn create(
         created: true,
         added: Vec::new(),
         type_changes: Vec::new(),
+        without_column,
     })
 }
 
@@ -526,6 +586,7 @@ fn cursor_column(stream: &StreamSchema, columns: &[Column]) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn evolve(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
@@ -534,6 +595,7 @@ async fn evolve(
     oid: u32,
     old_cursor: Option<String>,
     lz4: bool,
+    max_columns: usize,
 ) -> Result<Prepared> {
     let target = qualified(schema, table);
     let columns_t = qualified(schema, COLUMNS_TABLE);
@@ -559,21 +621,26 @@ async fn evolve(
         });
         declared.push(parse_type(r.get(4))?);
     }
-    let actual: HashSet<String> = tx
+    let attributes = tx
         .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            "SELECT attname::text, attisdropped FROM pg_attribute WHERE attrelid = $1 AND attnum > 0",
             &[&oid],
         )
         .await
-        .map_err(pg_err("cannot list the table's columns"))?
+        .map_err(pg_err("cannot list the table's columns"))?;
+    let actual: HashSet<String> = attributes
         .iter()
+        .filter(|r| !r.get::<_, bool>(1))
         .map(|r| r.get(0))
         .collect();
+    // Dropped columns still count towards Postgres' limit.
+    let mut attribute_count = attributes.len();
 
     let mut alters = Vec::new();
     // Mapped columns dropped by hand come back (empty); nothing is dropped.
     for c in &columns {
         if !actual.contains(&c.name) {
+            attribute_count += 1;
             alters.push(format!(
                 "ADD COLUMN IF NOT EXISTS {} {}",
                 quote(&c.name),
@@ -588,7 +655,16 @@ async fn evolve(
     let mut new_columns = Vec::new();
     let mut type_changes = Vec::new();
     let mut retyped = Vec::new();
-    for (field, ty) in unique_fields(stream) {
+    let mut without_column = Vec::new();
+    let fields = unique_fields(stream);
+    // Room for new columns: within the budget, and within Postgres' limit
+    // (which counts dropped columns), less what the key and cursor need.
+    let need = reserved(stream, &fields, &columns);
+    let mut room = max_columns
+        .saturating_sub(columns.len())
+        .min(PG_MAX_COLUMNS.saturating_sub(attribute_count))
+        .saturating_sub(need);
+    for (field, ty) in fields {
         match columns.iter().position(|c| c.field == field) {
             Some(i) => {
                 if declared[i] != ty {
@@ -603,6 +679,13 @@ async fn evolve(
                 }
             }
             None => {
+                if !required(stream, &field) {
+                    if room == 0 {
+                        without_column.push(field);
+                        continue;
+                    }
+                    room -= 1;
+                }
                 let name = choose(&field, |n| used.contains(n));
                 used.insert(name.clone());
                 alters.push(format!(
@@ -654,6 +737,7 @@ async fn evolve(
         created: false,
         added,
         type_changes,
+        without_column,
     })
 }
 

@@ -27,6 +27,21 @@
 //! | `_sync_id` | `uuid` | the last sync run that wrote the row |
 //! | `_extracted_at` | `timestamptz` | when that run read it from the provider |
 //!
+//! ## Column budget
+//! All tenants of a stream share its table, so the table needs a column for
+//! the union of their fields, and Postgres allows 1,600 columns (and 8 kB
+//! per row). Each table has a budget of typed columns
+//! ([`PostgresSinkBuilder::max_columns`], default 400): the key and cursor
+//! fields always get one, the other fields get one first come, first served
+//! (in schema order, as streams are prepared) while the table is under the
+//! budget. A field without a column loses nothing: every field's value is in
+//! `_record` (`_record->>'custom_prop'`). `_headwater_columns` lists exactly
+//! the fields that have a column; a field keeps its column for good. So one
+//! portal with thousands of custom properties never stops the stream for
+//! the others; the warning `the stream's table is at its column budget`
+//! says when fields are left to `_record`. The BigQuery sink applies the
+//! same rule with BigQuery's limit of 10,000 columns.
+//!
 //! Field types map to `text` (String), `bigint` (Integer), `numeric`
 //! (Number), `boolean`, `date`, `timestamptz` (Timestamp) and `jsonb` (Json).
 //! The primary key is (`_tenant_id`, the stream's key fields); it also serves
@@ -48,8 +63,19 @@
 //! would take a metadata column's name) is shortened at a character boundary
 //! and given an 8-hex-digit hash suffix, unique and stable. Look names up in
 //! `_headwater_streams` and `_headwater_columns` (or with
-//! [`PostgresSink::table_name`]). Names and tenants may hold any character
-//! but NUL, which Postgres cannot store.
+//! [`PostgresSink::table_name`]).
+//!
+//! # NUL characters
+//! Postgres stores no NUL (`\u0000`) in `text` or `jsonb`. Every string on
+//! its way to the database goes through one helper that replaces each NUL
+//! with U+FFFD (`�`): tenants, stream and field names, labels and
+//! descriptions in the stored schema, record ids, and record values and
+//! keys in the columns and `_record` (counted in
+//! [`PostgresStats::sanitized_records`] and logged once per stream). Look
+//! such names up with U+FFFD in place of the NUL. The checkpoint alone,
+//! which must come back exactly for a resume, is stored as its JSON text
+//! (where NUL is the escape `\u0000`) under the key `headwater_json_text`
+//! when it holds a NUL; [`Sink::load_state`] reads it back unchanged.
 //!
 //! # Writes
 //! [`Sink::write`] converts each record to Postgres' binary COPY format
@@ -108,8 +134,9 @@
 //! A [`deadpool_postgres`] pool of `tokio-postgres` connections for
 //! `prepare`, `load_state` and commits, and, for each run that is writing,
 //! one more connection of its own to stream rows (at most
-//! [`PostgresSinkBuilder::max_connections`] of each). No TLS: use a local
-//! socket, a TLS-terminating proxy, or a private network.
+//! [`PostgresSinkBuilder::max_connections`] of each). TLS (rustls) follows
+//! the URL's `sslmode` and `sslrootcert` as libpq does: see
+//! [`PostgresSinkBuilder::url`].
 //!
 //! `_record` is compressed with lz4 where the server supports it (Postgres
 //! 14 and later, built with lz4), which is several times cheaper than the
@@ -118,6 +145,7 @@
 //! [`Sink::write`]: crate::sink::Sink::write
 //! [`Sink::commit`]: crate::sink::Sink::commit
 //! [`Sink::prepare`]: crate::sink::Sink::prepare
+//! [`Sink::load_state`]: crate::sink::Sink::load_state
 
 mod builder;
 mod conn;
@@ -125,6 +153,7 @@ mod encode;
 mod ident;
 mod layout;
 mod rows;
+mod tls;
 
 pub use builder::PostgresSinkBuilder;
 
@@ -177,6 +206,22 @@ pub(crate) fn pg_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Err
             source: Some(Box::new(e)),
         }
     }
+}
+
+/// `e` and its causes, `: `-separated (a TLS failure says why only in its
+/// source: `invalid peer certificate: UnknownIssuer`).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -233,6 +278,10 @@ pub struct PostgresSink {
     stream_timeout: Duration,
     /// For the streaming connections.
     pg_config: tokio_postgres::Config,
+    /// See [`PostgresSinkBuilder::max_columns`].
+    max_columns: usize,
+    /// TLS for the streaming connections (the pool has its own clone).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -290,7 +339,7 @@ impl PostgresSink {
                     "SELECT table_name FROM {} WHERE stream = $1",
                     ident::qualified(&self.schema, STREAMS_TABLE)
                 ),
-                &[&stream],
+                &[&encode::clean(stream)],
             )
             .await
             .map_err(pg_err("cannot read the stream table"))?;
@@ -300,7 +349,11 @@ impl PostgresSink {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| Error::Sink {
             sink: NAME,
-            message: format!("cannot connect to Postgres at {}: {e}", self.target),
+            message: format!(
+                "cannot connect to Postgres at {}: {}",
+                self.target,
+                error_chain(&e)
+            ),
             source: Some(Box::new(e)),
         })
     }
@@ -374,6 +427,7 @@ impl PostgresSink {
         let mut mismatches = vec![0u64; ncols];
         let mut samples: Vec<Option<String>> = vec![None; ncols];
         let mut sanitized = 0u64;
+        let tenant = encode::clean(&batch.tenant);
         for record in &batch.records {
             let clean;
             let data = if encode::map_has_nul(&record.data) {
@@ -386,7 +440,7 @@ impl PostgresSink {
             let row_start = out.len();
             let mut key = Vec::with_capacity(32);
             out.put_i16(fields);
-            encode::text_cell(&batch.tenant, &mut out);
+            encode::text_cell(&tenant, &mut out);
             for (c, col) in layout.columns.iter().enumerate() {
                 let start = out.len();
                 let value = data.get(&col.field);
@@ -404,7 +458,7 @@ impl PostgresSink {
                     // A key cannot be NULL: a one-field key falls back to the
                     // record's id.
                     out.truncate(start);
-                    let id = Value::String(record.id.clone());
+                    let id = Value::String(encode::clean(&record.id).into_owned());
                     if layout.key_len != 1
                         || encode::cell(Some(&id), col.ty, &mut out) != Cell::Value
                     {
@@ -479,7 +533,14 @@ impl PostgresSink {
                 self.streams.clone().try_acquire_owned().ok()?
             }
         };
-        match Conn::own(&self.pg_config, permit, self.stream_timeout).await {
+        match Conn::own(
+            &self.pg_config,
+            self.tls.clone(),
+            permit,
+            self.stream_timeout,
+        )
+        .await
+        {
             Ok(conn) => Some(conn),
             Err(e) => {
                 tracing::debug!(error = %e, "no connection to stream rows: they go at commit");
@@ -712,7 +773,7 @@ impl PostgresSink {
                 .await
                 .map_err(pg_err("cannot prepare the delete of stale rows"))?;
             let n = client
-                .execute(&stale, &[&cp.tenant, &cp.sync_id])
+                .execute(&stale, &[&encode::clean(&cp.tenant), &cp.sync_id])
                 .await
                 .map_err(pg_err(format!(
                     "cannot delete stale rows from {}",
@@ -734,17 +795,19 @@ impl PostgresSink {
             .await
             .map_err(pg_err("cannot prepare the state upsert"))?;
         let records = i64::try_from(cp.records).unwrap_or(i64::MAX);
+        let checkpoint = encode::state_to_jsonb(cp)
+            .map_err(|e| Error::sink(NAME, "cannot encode the checkpoint", e))?;
         client
             .execute(
                 &state,
                 &[
-                    &cp.tenant,
-                    &cp.stream,
+                    &encode::clean(&cp.tenant),
+                    &encode::clean(&cp.stream),
                     &cp.sync_id,
                     &cp.complete,
                     &records,
                     &cp.committed_at,
-                    &Json(cp),
+                    &checkpoint,
                 ],
             )
             .await
@@ -761,7 +824,7 @@ impl PostgresSink {
                     "SELECT EXISTS (SELECT 1 FROM {} WHERE _tenant_id = $1)",
                     ident::qualified(&self.schema, &layout.table)
                 ),
-                &[&tenant],
+                &[&encode::clean(tenant)],
             )
             .await
             .map_err(pg_err("cannot look for existing rows"))?;
@@ -776,12 +839,6 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
-        if ctx.tenant.contains('\0') {
-            return Err(Error::Config(
-                "postgres sink: the tenant id holds a NUL character, which Postgres cannot store"
-                    .into(),
-            ));
-        }
         // A new run (or a resumed one) starts from what is committed: rows
         // buffered or streamed by an interrupted run on this instance are
         // dropped (the engine reads them again from the checkpoint), and its
@@ -797,7 +854,8 @@ impl Sink for PostgresSink {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_key()])
             .await
             .map_err(pg_err("cannot lock the schema"))?;
-        let prepared = layout::prepare(&tx, &self.schema, &ctx.schema, lz4).await?;
+        let prepared =
+            layout::prepare(&tx, &self.schema, &ctx.schema, lz4, self.max_columns).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the table of `{}`",
             ctx.schema.name
@@ -810,6 +868,14 @@ impl Sink for PostgresSink {
         }
         if !prepared.added.is_empty() {
             tracing::info!(stream = %stream, fields = ?prepared.added, "added columns");
+        }
+        if !prepared.without_column.is_empty() && self.report_once(stream, "", "budget") {
+            tracing::warn!(
+                stream = %stream,
+                fields = prepared.without_column.len(),
+                max_columns = self.max_columns,
+                "the stream's table is at its column budget: these fields have no typed column; their values are in _record"
+            );
         }
         for change in &prepared.type_changes {
             if self.report_once(stream, &change.field, "type") {
@@ -1020,7 +1086,10 @@ impl Sink for PostgresSink {
     /// The keys of the tenant's live rows; a composite key's columns are
     /// joined by `:`.
     async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
-        let stream = stream.name.as_str();
+        let stream = encode::clean(&stream.name);
+        let stream = stream.as_ref();
+        let tenant = encode::clean(tenant);
+        let tenant = tenant.as_ref();
         self.setup().await?;
         let client = self.client().await?;
         let Some(row) = client
@@ -1076,7 +1145,7 @@ impl Sink for PostgresSink {
                     "SELECT checkpoint FROM {} WHERE tenant = $1 AND stream = $2",
                     ident::qualified(&self.schema, STATE_TABLE)
                 ),
-                &[&tenant, &stream],
+                &[&encode::clean(tenant), &encode::clean(stream)],
             )
             .await
             .map_err(pg_err("cannot read the checkpoint"))?;
@@ -1084,11 +1153,16 @@ impl Sink for PostgresSink {
         let Json(value): Json<Value> = row
             .try_get(0)
             .map_err(pg_err("cannot read the checkpoint"))?;
-        serde_json::from_value(value).map(Some).map_err(|e| {
-            Error::state(
-                format!("unreadable checkpoint of `{stream}` for tenant `{tenant}` in Postgres"),
-                e,
-            )
-        })
+        encode::state_from_jsonb(value)
+            .and_then(serde_json::from_value)
+            .map(Some)
+            .map_err(|e| {
+                Error::state(
+                    format!(
+                        "unreadable checkpoint of `{stream}` for tenant `{tenant}` in Postgres"
+                    ),
+                    e,
+                )
+            })
     }
 }
