@@ -166,6 +166,7 @@ impl PostgresSinkBuilder {
             streams: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             stream_timeout: self.stream_timeout.unwrap_or(STREAM_TIMEOUT),
             pg_config,
+            leases: Mutex::default(),
         };
         drop(sink.client().await?);
         Ok(sink)
