@@ -380,6 +380,42 @@ fn publish(
     Ok(outcome)
 }
 
+/// True when `.partial` is the completed run's of `state`, left unpublished
+/// by a crash between its final commit and the publish: it has the
+/// committed length and (unless empty) that run's lines. A `.partial` of a
+/// later run that stopped before its first commit is not: it is dropped,
+/// never published over the snapshot.
+fn unpublished(paths: &Paths, state: &StateFile) -> Result<bool> {
+    use std::io::{BufRead, BufReader};
+    let file = match File::open(&paths.partial) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::sink(NAME, "cannot open partial file", e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(io_err("cannot stat partial file"))?
+        .len();
+    if len != state.partial_len {
+        return Ok(false);
+    }
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut first = String::new();
+    BufReader::new(file)
+        .read_line(&mut first)
+        .map_err(io_err("cannot read partial file"))?;
+    let sync_id = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&first)
+        .ok()
+        .and_then(|row| {
+            row.get("_sync_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+    Ok(sync_id.as_deref() == Some(state.checkpoint.sync_id.to_string().as_str()))
+}
+
 fn write_state(paths: &Paths, state: &StateFile) -> Result<()> {
     let bytes =
         serde_json::to_vec_pretty(state).map_err(|e| Error::state("cannot encode state", e))?;
@@ -411,7 +447,7 @@ impl Sink for FilesSink {
         }
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
-            if s.checkpoint.complete && paths.partial.exists() {
+            if s.checkpoint.complete && unpublished(&paths, s)? {
                 // The last run committed completion but stopped before
                 // publishing; whether it repeated a record is not known.
                 publish(
