@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use headwater::hubspot::{HubSpot, HubSpotSource, PRIVATE_APP_LIMIT};
-use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+use headwater::sink::{Batch, Checkpoint, PruneOutcome, Sink, StreamContext};
 use headwater::sync::{run_tenants, Progress, Sync, SyncReport};
 use headwater::testkit::hubspot::{FakeConfig, FakeRateLimit, HubSpotFake, ObjectSeed};
 
@@ -61,10 +61,10 @@ impl Sink for CountingSink {
             .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
-    async fn commit(&self, cp: &Checkpoint) -> headwater::Result<()> {
+    async fn commit(&self, cp: &Checkpoint) -> headwater::Result<PruneOutcome> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.insert((cp.tenant.clone(), cp.stream.clone()), cp.clone());
-        Ok(())
+        Ok(PruneOutcome::NotApplicable)
     }
     async fn load_state(
         &self,

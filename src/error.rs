@@ -209,6 +209,22 @@ pub enum Error {
     /// Configuration or input is invalid (bad base URL, unknown stream, bad key).
     #[error("configuration: {0}")]
     Config(String),
+    /// Another run holds the single-writer lease of this tenant's stream in
+    /// the sink (it is syncing the stream now); try again when it is done.
+    #[error(
+        "sink {sink}: stream `{stream}` of tenant `{tenant}` is already being synced ({holder})"
+    )]
+    Busy {
+        /// Sink name.
+        sink: &'static str,
+        /// The tenant.
+        tenant: String,
+        /// The stream.
+        stream: String,
+        /// Who holds the lease, as far as the sink can tell (a run id, a
+        /// process, a session), and until when for expiring leases.
+        holder: String,
+    },
 }
 
 impl Error {
@@ -231,6 +247,12 @@ impl Error {
                 ..
             }
         )
+    }
+
+    /// True when another run is syncing the same tenant's stream into the
+    /// same sink ([`Error::Busy`]).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy { .. })
     }
 
     /// The HTTP status this error came from, if any.

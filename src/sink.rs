@@ -34,6 +34,105 @@ pub struct Checkpoint {
     /// held), false for an incremental sync (changes merged into it).
     #[serde(default = "yes")]
     pub full_refresh: bool,
+    /// What the final commit of a full refresh may delete of the tenant's
+    /// rows that the run did not write (see [`Prune`]). The engine sets it
+    /// on every commit from the run's completeness checks, so an interrupted
+    /// run that found a mismatch keeps withholding deletions when resumed.
+    #[serde(default)]
+    pub prune: Prune,
+}
+
+/// What a full refresh's final commit may delete: the tenant's rows that
+/// the run did not write (records gone from the provider).
+///
+/// The share is measured by the sink at the final commit, against the
+/// tenant's rows in the stream as they would be after a merge (the rows the
+/// run wrote plus those it did not): more than the share and the sink
+/// deletes nothing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Prune {
+    /// Delete every row the run did not write (a [`Checkpoint::new`]'s
+    /// default, for sinks driven outside the engine).
+    #[default]
+    All,
+    /// Delete the rows the run did not write when they are at most this
+    /// share (0 to 1) of the tenant's rows in the stream; otherwise delete
+    /// nothing.
+    UpTo(f64),
+    /// Delete nothing, for this reason (a completeness check of the run did
+    /// not match).
+    Withheld(String),
+}
+
+/// What a commit did about deleting rows the run did not write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PruneOutcome {
+    /// Nothing to decide: an intermediate commit or an incremental run.
+    #[default]
+    NotApplicable,
+    /// The final commit of a full refresh deleted the rows the run did not
+    /// write.
+    Pruned {
+        /// Rows deleted, when the sink counted them.
+        rows: Option<u64>,
+    },
+    /// The final commit of a full refresh merged what the run read and
+    /// deleted nothing.
+    Withheld {
+        /// Rows the run did not write, which stay, when the sink counted
+        /// them.
+        kept: Option<u64>,
+        /// Why (a completeness check did not match, or the rows to delete
+        /// were more than the allowed share).
+        reason: String,
+    },
+}
+
+impl PruneOutcome {
+    /// True when a full refresh withheld its deletions.
+    pub fn is_withheld(&self) -> bool {
+        matches!(self, PruneOutcome::Withheld { .. })
+    }
+}
+
+impl Prune {
+    /// Decides, for a final commit that would delete `stale` of `total`
+    /// rows (the tenant's rows after a merge), whether the deletion may
+    /// happen: `Ok(())` or the [`PruneOutcome::Withheld`] to report.
+    pub fn check(&self, stale: u64, total: u64) -> std::result::Result<(), PruneOutcome> {
+        match self {
+            Prune::All => Ok(()),
+            Prune::Withheld(reason) => Err(PruneOutcome::Withheld {
+                kept: Some(stale),
+                reason: reason.clone(),
+            }),
+            Prune::UpTo(share) => {
+                let share = if share.is_nan() {
+                    0.0
+                } else {
+                    share.clamp(0.0, 1.0)
+                };
+                if stale == 0 || (stale as f64) <= share * total as f64 {
+                    Ok(())
+                } else {
+                    Err(PruneOutcome::Withheld {
+                        kept: Some(stale),
+                        reason: format!(
+                            "the full refresh would delete {stale} of {total} rows, more than the allowed share of {share}"
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    /// True when nothing may be deleted whatever the counts.
+    pub fn is_withheld(&self) -> bool {
+        matches!(self, Prune::Withheld(_))
+    }
 }
 
 fn yes() -> bool {
@@ -64,7 +163,14 @@ impl Checkpoint {
             started_at,
             committed_at: Utc::now(),
             full_refresh,
+            prune: Prune::All,
         }
+    }
+
+    /// Sets what a full refresh's final commit may delete.
+    pub fn with_prune(mut self, prune: Prune) -> Self {
+        self.prune = prune;
+        self
     }
 }
 
@@ -168,22 +274,34 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
     /// Creates or evolves the stream's table or layout, and recovers from an
     /// interrupted run.
+    ///
+    /// It first takes the single-writer lease of the tenant's stream, held
+    /// until the final commit or [`Sink::abandon`] (or until the process
+    /// dies, or for sinks with expiring leases, until the lease expires
+    /// without being renewed by a commit). While another run holds it,
+    /// `prepare` fails at once with [`crate::Error::Busy`].
     async fn prepare(&self, ctx: &StreamContext) -> Result<()>;
 
     /// Takes a page of records.
     async fn write(&self, batch: Batch) -> Result<()>;
 
     /// Makes the records written so far and `checkpoint` durable.
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()>;
+    ///
+    /// The final commit of a full refresh (`complete && full_refresh`) also
+    /// deletes the tenant's rows that the run did not write, as far as
+    /// [`Checkpoint::prune`] allows; otherwise it merges what the run wrote
+    /// into what was there. It returns what it did about those rows. It
+    /// releases the run's lease ([`Sink::prepare`]) when `complete`.
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome>;
 
     /// The last committed checkpoint of a tenant's stream.
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>>;
 
-    /// Called when a stream's run stops without its final commit because the
-    /// sink itself failed (a write or a commit): drops what was written since
-    /// the last commit and releases what the run held (connections, open
-    /// uploads) at once. The next run's `prepare` recovers either way; this
-    /// only frees resources sooner. The default does nothing.
+    /// Called when a stream's run stops without its final commit (the
+    /// source or the sink failed): drops what was written since the last
+    /// commit and releases what the run held (its lease, connections, open
+    /// uploads) at once. The next run's `prepare` recovers either way. The
+    /// default does nothing.
     async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
         let _ = (tenant, stream);
         Ok(())

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::http::{DailyUsage, HttpEvent, RequestStats};
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::source::{CountCheck, Page, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
@@ -152,6 +152,11 @@ pub struct StreamReport {
     pub resume_at: Option<DateTime<Utc>>,
     /// The error, if the stream failed (its committed checkpoints stay).
     pub error: Option<Arc<Error>>,
+    /// What the final commit of a full refresh did about the tenant's rows
+    /// the run did not write: deleted them, or withheld the deletion and why
+    /// (a completeness check did not match, or they were more than
+    /// [`Sync::max_delete_share`] of the stream).
+    pub prune: PruneOutcome,
 }
 
 impl StreamReport {
@@ -254,6 +259,7 @@ pub struct Sync {
     read_ahead: usize,
     full_refresh: bool,
     stream_concurrency: usize,
+    max_delete_share: f64,
     progress: Option<ProgressFn>,
 }
 
@@ -281,8 +287,28 @@ impl Sync {
             read_ahead: 4,
             full_refresh: false,
             stream_concurrency: 1,
+            max_delete_share: Self::DEFAULT_MAX_DELETE_SHARE,
             progress: None,
         }
+    }
+
+    /// The default of [`Sync::max_delete_share`].
+    pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
+
+    /// The largest share (0 to 1) of a tenant's rows in a stream that a full
+    /// refresh may delete because it did not read them (default
+    /// [`Sync::DEFAULT_MAX_DELETE_SHARE`]). A refresh that would delete more
+    /// (a listing that ended early) deletes nothing, merges what it read,
+    /// and says so in [`StreamReport::prune`]. `1.0` allows any deletion;
+    /// deletions are withheld whenever a completeness check of the run does
+    /// not match, whatever the share.
+    pub fn max_delete_share(mut self, share: f64) -> Self {
+        self.max_delete_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// Limiter waits at least this long are reported as
@@ -425,6 +451,7 @@ impl Sync {
             counts: Vec::new(),
             resume_at: None,
             error: None,
+            prune: PruneOutcome::NotApplicable,
         }
     }
 
@@ -572,12 +599,42 @@ impl Sync {
         report.sync_id = Some(sync_id);
         report.resumed = resume.is_some();
         report.mode = mode;
+        // Deletions withheld by the interrupted part of a resumed run stay
+        // withheld (its completeness checks are not in this report).
+        let earlier_withheld = resume
+            .as_ref()
+            .map(|cp| &cp.prune)
+            .filter(|p| p.is_withheld())
+            .cloned();
         self.sink
             .prepare(
                 &StreamContext::new(tenant.clone(), schema.clone(), sync_id, resume)
                     .with_full_refresh(full_refresh),
             )
             .await?;
+        let prune_of = |counts: &[CountCheck]| -> Prune {
+            if let Some(p) = &earlier_withheld {
+                return p.clone();
+            }
+            let bad: Vec<String> = counts
+                .iter()
+                .filter(|c| !c.matches())
+                .map(|c| {
+                    format!(
+                        "{}: the provider reported {}, {} were read",
+                        c.scope, c.reported, c.loaded
+                    )
+                })
+                .collect();
+            if bad.is_empty() {
+                Prune::UpTo(self.max_delete_share)
+            } else {
+                Prune::Withheld(format!(
+                    "completeness checks did not match ({})",
+                    bad.join("; ")
+                ))
+            }
+        };
         self.emit(Progress::StreamStarted {
             tenant: tenant.clone(),
             stream: stream.to_owned(),
@@ -621,6 +678,7 @@ impl Sync {
                                     complete: false,
                                     records: base + report.records,
                                     full_refresh,
+                                    prune: prune_of(&report.counts),
                                 };
                                 self.commit(stream, cp).await?;
                                 report.final_state = Some(state);
@@ -662,6 +720,7 @@ impl Sync {
                         complete: false,
                         records: base + report.records,
                         full_refresh,
+                        prune: prune_of(&report.counts),
                     };
                     self.commit(stream, cp).await?;
                     report.final_state = Some(state);
@@ -675,24 +734,35 @@ impl Sync {
                 complete: true,
                 records: base + report.records,
                 full_refresh,
+                prune: prune_of(&report.counts),
             };
-            self.commit(stream, cp).await?;
+            report.prune = self.commit(stream, cp).await?;
+            if let PruneOutcome::Withheld { reason, kept } = &report.prune {
+                tracing::warn!(
+                    tenant = %tenant,
+                    stream,
+                    kept = ?kept,
+                    reason = %reason,
+                    "full refresh kept the rows it did not read"
+                );
+            }
             report.final_state = Some(state);
             Ok::<(), Error>(())
         };
         let ((), written) = futures::join!(reader, writer);
-        if let Err(e) = &written {
-            if matches!(e, Error::Sink { .. }) {
-                if let Err(abandon) = self.sink.abandon(tenant, stream).await {
-                    tracing::warn!(stream, error = %abandon, "sink could not abandon the run");
-                }
+        if written.is_err() {
+            // The run is over without its final commit: release what it
+            // holds in the sink (its lease first of all) now.
+            if let Err(abandon) = self.sink.abandon(tenant, stream).await {
+                tracing::warn!(stream, error = %abandon, "sink could not abandon the run");
             }
         }
         written
     }
 
-    async fn commit(&self, stream: &str, checkpoint: StreamCheckpoint) -> Result<()> {
-        self.sink
+    async fn commit(&self, stream: &str, checkpoint: StreamCheckpoint) -> Result<PruneOutcome> {
+        let outcome = self
+            .sink
             .commit(&Checkpoint {
                 tenant: self.tenant.clone(),
                 stream: stream.to_owned(),
@@ -703,6 +773,7 @@ impl Sync {
                 started_at: checkpoint.started_at,
                 committed_at: Utc::now(),
                 full_refresh: checkpoint.full_refresh,
+                prune: checkpoint.prune,
             })
             .await?;
         self.emit(Progress::Committed {
@@ -710,7 +781,7 @@ impl Sync {
             stream: stream.to_owned(),
             records: checkpoint.records,
         });
-        Ok(())
+        Ok(outcome)
     }
 }
 
@@ -872,6 +943,7 @@ pub async fn verify(
 
 struct StreamCheckpoint {
     full_refresh: bool,
+    prune: Prune,
     sync_id: Uuid,
     started_at: DateTime<Utc>,
     state: StreamState,

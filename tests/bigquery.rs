@@ -540,6 +540,17 @@ async fn resume_after_a_crash_between_merge_and_state_merges_again() {
     .await
     .expect("rewind state");
 
+    // The crashed process's lease expired (15 minutes after its last
+    // renewal; here at once).
+    sink.query(
+        &format!(
+            "UPDATE `{PROJECT}.{dataset}._headwater_leases` \
+             SET expires_at = TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 SECOND) WHERE tenant = 't'"
+        ),
+        &[],
+    )
+    .await
+    .expect("expire the lease");
     // A new process resumes from page 1 and writes page 2 again (fresher).
     let sink = sink_in(&dataset).await;
     let resume = sink.load_state("t", "deals").await.expect("state");
@@ -571,6 +582,9 @@ async fn resume_after_a_crash_between_merge_and_state_merges_again() {
     let ctx = StreamContext::new("t", deals_schema(), run2, None).with_full_refresh(false);
     sink.prepare(&ctx).await.expect("prepare");
     write(&sink, "t", "deals", run2, vec![deal(99, 1)]).await;
+    // The failed run is abandoned (as the engine does), which frees the
+    // stream's lease.
+    sink.abandon("t", "deals").await.expect("abandon");
     sink.prepare(&ctx).await.expect("prepare again");
     sink.commit(&incremental(checkpoint(
         "t",
@@ -1124,8 +1138,56 @@ async fn queries_wait_page_and_parse_float_timestamps() {
 }
 
 /// Mounts the calls a prepare makes for a new `deals` table.
+/// Answers the lease queries of a mocked BigQuery as BigQuery would for a
+/// free stream: the MERGE takes it, the read-back shows its token.
+#[derive(Default)]
+struct LeaseEcho {
+    token: std::sync::Mutex<Option<String>>,
+}
+
+impl Respond for LeaseEcho {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        use base64::Engine as _;
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let sql = body["query"].as_str().unwrap_or("");
+        if sql.contains("MERGE") {
+            // Literals: tenant, stream, token, holder.
+            let token = sql
+                .split("FROM_BASE64('")
+                .nth(3)
+                .and_then(|rest| rest.split('\'').next())
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
+        }
+        if sql.starts_with("SELECT token") {
+            let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "jobComplete": true,
+                "schema": {"fields": [
+                    {"name": "token", "type": "STRING"},
+                    {"name": "holder", "type": "STRING"},
+                    {"name": "until", "type": "STRING"},
+                ]},
+                "rows": [{"f": [{"v": token}, {"v": "this run"}, {"v": "later"}]}],
+                "totalRows": "1",
+            }));
+        }
+        ResponseTemplate::new(200).set_body_json(json!({"jobComplete": true}))
+    }
+}
+
 async fn mount_prepare(server: &MockServer) {
     let base = "/bigquery/v2/projects/p/datasets/d";
+    Mock::given(method("POST"))
+        .and(path("/bigquery/v2/projects/p/queries"))
+        .and(wiremock::matchers::body_string_contains(
+            "_headwater_leases",
+        ))
+        .respond_with(LeaseEcho::default())
+        .with_priority(1)
+        .mount(server)
+        .await;
     Mock::given(method("GET"))
         .and(path(base))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
@@ -1268,17 +1330,29 @@ async fn a_commit_uploads_waits_for_the_job_and_retries_a_transient_merge() {
     let merges: Vec<Value> = seen
         .iter()
         .filter(|r| r.url.path() == q)
-        .map(|r| r.body_json().expect("json"))
+        .map(|r| r.body_json::<Value>().expect("json"))
+        .filter(|b| {
+            !b["query"]
+                .as_str()
+                .unwrap_or("")
+                .contains("_headwater_leases")
+        })
         .collect();
-    assert_eq!(merges.len(), 2);
+    // The merges, then (a full refresh completing) the delete of the rows
+    // it did not write, after the merge's transaction.
+    assert_eq!(merges.len(), 3);
     assert_ne!(merges[0]["requestId"], merges[1]["requestId"]);
+    let delete = merges[2]["query"].as_str().expect("sql");
+    assert!(
+        delete.starts_with("DELETE FROM `p.d.deals` WHERE `_tenant_id` = "),
+        "{delete}"
+    );
     let sql = merges[1]["query"].as_str().expect("sql");
     for part in [
         "BEGIN TRANSACTION;",
         "MERGE `p.d.deals` AS t",
         "QUALIFY ROW_NUMBER() OVER (PARTITION BY `_tenant_id`, `id` ORDER BY `_headwater_seq` DESC) = 1",
         "ON t.`_tenant_id` = s.`_tenant_id` AND t.`id` = s.`id`",
-        "DELETE FROM `p.d.deals` WHERE `_tenant_id` = ",
         "MERGE `p.d._headwater_state` AS t",
         "COMMIT TRANSACTION;",
     ] {
@@ -1346,7 +1420,8 @@ async fn a_failed_load_job_fails_the_commit_and_keeps_the_rows() {
         "staging dropped"
     );
     assert!(
-        !seen.iter().any(|r| r.url.path().ends_with("/queries")),
+        !seen.iter().any(|r| r.url.path().ends_with("/queries")
+            && !String::from_utf8_lossy(&r.body).contains("_headwater_leases")),
         "no merge after a failed load"
     );
     // The rows are kept: a second commit sends them again.

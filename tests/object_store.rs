@@ -132,6 +132,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_crashed_runs_lease_expires_and_is_taken_over,
     raw_files_are_gzip_json_lines_at_the_documented_paths,
     parquet_files_have_typed_columns,
     a_resumed_sync_leaves_each_record_once,
@@ -191,6 +192,9 @@ impl Run {
         schema: &StreamSchema,
         full_refresh: bool,
     ) -> Run {
+        // A run before this one on the same instance that did not complete
+        // crashed: abandoned, as the engine does, which frees its lease.
+        sink.abandon(tenant, &schema.name).await.expect("abandon");
         let previous = sink
             .load_state(tenant, &schema.name)
             .await
@@ -1341,3 +1345,48 @@ async fn passes_the_conformance_suite(backend: Backend) {
 }
 
 on_both_backends!(passes_the_conformance_suite);
+
+/// A run killed with its process leaves its lease object behind: another
+/// process (another sink on the same bucket) is refused while it lasts,
+/// and takes it over once it expired; then the resumed run completes.
+async fn a_crashed_runs_lease_expires_and_is_taken_over(backend: Backend) {
+    let ttl = std::time::Duration::from_secs(1);
+    let lake = lake(backend, |b| b.lease_ttl(ttl)).await;
+    let schema = contacts_schema();
+    // The crashed process: prepared, committed a page, never finished.
+    let mut run = Run::start(lake.sink.as_ref(), "acme", &schema).await;
+    run.write(lake.sink.as_ref(), page(0, 100, 1)).await;
+    run.commit(lake.sink.as_ref(), false).await;
+    // Another process on the same bucket.
+    let builder = ObjectStoreSink::builder()
+        .store(lake.raw.clone())
+        .clean_store(lake.clean.clone());
+    let other = builder.lease_ttl(ttl).build().expect("sink");
+    let resume = other
+        .load_state("acme", "contacts")
+        .await
+        .expect("load_state")
+        .filter(|cp| !cp.complete);
+    let ctx = StreamContext::new("acme", schema.clone(), run.sync_id, resume.clone());
+    let refused = other.prepare(&ctx).await;
+    assert!(matches!(&refused, Err(e) if e.is_busy()), "{refused:?}");
+    // Wait for the lease to expire (the crashed run never renews it).
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+    other
+        .prepare(&ctx)
+        .await
+        .expect("prepare after the lease expired");
+    // The crashed run's own instance has lost it: its next commit fails.
+    run.write(lake.sink.as_ref(), page(100, 200, 1)).await;
+    let lost = lake.sink.commit(&checkpoint(&run, false)).await;
+    assert!(matches!(&lost, Err(e) if e.is_busy()), "{lost:?}");
+    let mut resumed = Run {
+        pages: 1,
+        records: 100,
+        ..run
+    };
+    resumed.write(&other, page(100, 200, 2)).await;
+    resumed.commit(&other, true).await;
+    let rows = current_rows(&lake, "acme", "contacts").await;
+    assert_eq!(rows.len(), 200);
+}

@@ -1236,6 +1236,17 @@ mod postgres {
             let mut wider = s.clone();
             wider.fields.push(Field::new("w", FieldType::String));
             let second = Uuid::new_v4();
+            // While the failed run holds the stream's lease, a re-run is
+            // refused at once; the engine abandons a failed run, which
+            // releases it.
+            let refused = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                pg.sink
+                    .prepare(&StreamContext::new("acme", wider.clone(), second, None)),
+            )
+            .await;
+            assert!(matches!(&refused, Ok(Err(e)) if e.is_busy()), "{refused:?}");
+            pg.sink.abandon("acme", "contacts").await.expect("abandon");
             let prepared = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 pg.sink

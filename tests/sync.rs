@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use headwater::http::{Limits, RetryConfig};
 use headwater::hubspot::{HubSpot, HubSpotSource};
-use headwater::sink::{Batch, Checkpoint, Sink, StreamContext};
+use headwater::sink::{Batch, Checkpoint, PruneOutcome, Sink, StreamContext};
 use headwater::sinks::files::FilesSink;
 use headwater::sync::{Progress, ReadMode, Sync};
 use headwater::testkit::hubspot::{FakeConfig, HubSpotFake, ObjectSeed};
@@ -172,7 +172,7 @@ impl Sink for CrashingSink {
         }
         Ok(())
     }
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
         let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
         if Some(n) == self.fail_commit_at {
             return Err(crash());
@@ -181,6 +181,9 @@ impl Sink for CrashingSink {
     }
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
         self.inner.load_state(tenant, stream).await
+    }
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        self.inner.abandon(tenant, stream).await
     }
 }
 

@@ -28,6 +28,17 @@
 //! snapshot per incremental run: fine for the embedded default, and the
 //! warehouse sinks upsert instead.
 //!
+//! A full refresh deletes the records it did not read (the new snapshot is
+//! its lines alone) only as far as [`Checkpoint::prune`] allows; otherwise
+//! it is published like an incremental run, merged into the snapshot.
+//!
+//! One writer per tenant and stream: `prepare` takes an OS advisory lock
+//! (`flock`) on `{root}/{tenant}/{stream}.lock`, held by the run until its
+//! final commit or [`Sink::abandon`], and released by the OS when the
+//! process dies; a second run meanwhile (in this process or another) fails
+//! with [`Error::Busy`]. The lock file holds the holder's process id and
+//! run id, for that error.
+//!
 //! One line per record, always: a run can deliver a record twice (HubSpot
 //! lists a record archived during the sync among the live ones and then
 //! among the archived). The sink notices it (it keeps an 8-byte hash of each
@@ -48,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{sync_dir, write_atomically};
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::{Error, Result};
 
 const NAME: &str = "files";
@@ -75,6 +86,8 @@ struct OpenStream {
     /// The run was resumed: what it wrote before is not in `ids`, so it may
     /// hold a record twice.
     resumed: bool,
+    /// The locked lock file: the run's lease, released when dropped.
+    _lease: File,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +96,7 @@ struct Paths {
     data: PathBuf,
     partial: PathBuf,
     state: PathBuf,
+    lock: PathBuf,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,6 +159,7 @@ impl FilesSink {
             data: dir.join(format!("{s}.jsonl")),
             partial: dir.join(format!("{s}.jsonl.partial")),
             state: dir.join(format!("{s}.state.json")),
+            lock: dir.join(format!("{s}.lock")),
             dir,
         }
     }
@@ -172,18 +187,81 @@ impl FilesSink {
     }
 }
 
+/// Takes the run's lease: an exclusive `flock` on the stream's lock file,
+/// which then names its holder. Fails with [`Error::Busy`] while another
+/// open file description (another run, here or in another process) holds it.
+fn take_lease(paths: &Paths, ctx: &StreamContext) -> Result<File> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&paths.lock)
+        .map_err(io_err(format!("cannot open {}", paths.lock.display())))?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::Busy {
+                sink: NAME,
+                tenant: ctx.tenant.clone(),
+                stream: ctx.schema.name.clone(),
+                holder: if holder.is_empty() {
+                    "another run holds its lock file".to_owned()
+                } else {
+                    holder.chars().take(200).collect()
+                },
+            });
+        }
+        Err(fs4::TryLockError::Error(e)) => {
+            return Err(Error::sink(
+                NAME,
+                format!("cannot lock {}", paths.lock.display()),
+                e,
+            ))
+        }
+    }
+    let holder = format!("process {} run {}", std::process::id(), ctx.sync_id);
+    file.set_len(0)
+        .map_err(io_err("cannot write the lock file"))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err("cannot write the lock file"))?;
+    file.write_all(holder.as_bytes())
+        .map_err(io_err("cannot write the lock file"))?;
+    Ok(file)
+}
+
 /// Finishes a completed stream. A full refresh without repeated records:
 /// `.partial` becomes `.jsonl`. Otherwise the new `.jsonl` is, for an
 /// incremental run, the old one less the records whose key the changes
 /// hold, then the run's lines, each key's last line only; written to a
 /// temporary file and renamed over the old one, so a crash leaves the old
 /// snapshot and `.partial`, and the next `prepare` does it again (the same
-/// result, however often it runs).
-fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> Result<()> {
-    if full_refresh && !repeats {
+/// result, however often it runs). A full refresh whose deletions `prune`
+/// withholds is merged like an incremental run.
+fn publish(
+    paths: &Paths,
+    full_refresh: bool,
+    repeats: bool,
+    key: &[String],
+    prune: &Prune,
+) -> Result<PruneOutcome> {
+    let unlimited = match prune {
+        Prune::All => true,
+        Prune::UpTo(share) => *share >= 1.0,
+        _ => false,
+    };
+    let has_old = paths.data.exists();
+    if full_refresh && !repeats && (unlimited || !has_old) {
         std::fs::rename(&paths.partial, &paths.data)
             .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
-        return sync_dir(&paths.dir).map_err(io_err("cannot sync directory"));
+        sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))?;
+        return Ok(PruneOutcome::Pruned {
+            rows: (!has_old).then_some(0),
+        });
     }
     use std::io::{BufRead, BufReader};
     let key_of = |line: &str| -> Result<String> {
@@ -207,6 +285,44 @@ fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> 
         );
         lines += 1;
     }
+    // A full refresh counts the snapshot's records it did not read (the
+    // rows it would delete) before it may leave them out.
+    let mut outcome = PruneOutcome::NotApplicable;
+    let mut merge_old = !full_refresh;
+    if full_refresh {
+        let mut stale = 0u64;
+        if !unlimited {
+            match File::open(&paths.data) {
+                Ok(old) => {
+                    for line in BufReader::new(old).lines() {
+                        let line = line.map_err(io_err("cannot read snapshot"))?;
+                        if !changed.contains_key(&key_of(&line)?) {
+                            stale += 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::sink(NAME, "cannot open snapshot", e)),
+            }
+        }
+        match prune.check(stale, stale + changed.len() as u64) {
+            Ok(()) => {
+                outcome = PruneOutcome::Pruned {
+                    rows: (!unlimited).then_some(stale),
+                };
+                if !repeats {
+                    std::fs::rename(&paths.partial, &paths.data)
+                        .map_err(io_err(format!("cannot publish {}", paths.data.display())))?;
+                    sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))?;
+                    return Ok(outcome);
+                }
+            }
+            Err(withheld) => {
+                outcome = withheld;
+                merge_old = true;
+            }
+        }
+    }
     // Without repeats every line is its key's last: copy them as they are.
     let last_lines: Option<Vec<bool>> = repeats.then(|| {
         let mut keep = vec![false; lines];
@@ -220,7 +336,7 @@ fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> 
     {
         let mut w = BufWriter::with_capacity(256 * 1024, out.as_file_mut());
         match File::open(&paths.data) {
-            Ok(_) if full_refresh => {}
+            Ok(_) if !merge_old => {}
             Ok(old) => {
                 for line in BufReader::new(old).lines() {
                     let line = line.map_err(io_err("cannot read snapshot"))?;
@@ -260,7 +376,44 @@ fn publish(paths: &Paths, full_refresh: bool, repeats: bool, key: &[String]) -> 
     out.persist(&paths.data)
         .map_err(|e| Error::sink(NAME, "cannot replace snapshot", e.error))?;
     std::fs::remove_file(&paths.partial).map_err(io_err("cannot remove changes file"))?;
-    sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))
+    sync_dir(&paths.dir).map_err(io_err("cannot sync directory"))?;
+    Ok(outcome)
+}
+
+/// True when `.partial` is the completed run's of `state`, left unpublished
+/// by a crash between its final commit and the publish: it has the
+/// committed length and (unless empty) that run's lines. A `.partial` of a
+/// later run that stopped before its first commit is not: it is dropped,
+/// never published over the snapshot.
+fn unpublished(paths: &Paths, state: &StateFile) -> Result<bool> {
+    use std::io::{BufRead, BufReader};
+    let file = match File::open(&paths.partial) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::sink(NAME, "cannot open partial file", e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(io_err("cannot stat partial file"))?
+        .len();
+    if len != state.partial_len {
+        return Ok(false);
+    }
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut first = String::new();
+    BufReader::new(file)
+        .read_line(&mut first)
+        .map_err(io_err("cannot read partial file"))?;
+    let sync_id = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&first)
+        .ok()
+        .and_then(|row| {
+            row.get("_sync_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+    Ok(sync_id.as_deref() == Some(state.checkpoint.sync_id.to_string().as_str()))
 }
 
 fn write_state(paths: &Paths, state: &StateFile) -> Result<()> {
@@ -282,6 +435,7 @@ impl Sink for FilesSink {
         let paths = self.paths(&ctx.tenant, &ctx.schema.name);
         std::fs::create_dir_all(&paths.dir)
             .map_err(io_err(format!("cannot create {}", paths.dir.display())))?;
+        let lease = take_lease(&paths, ctx)?;
         // A writer left open by a failed run of this stream on this instance
         // holds uncommitted records in its buffer: discard them unwritten
         // (dropping the writer would flush them after the truncation below).
@@ -293,7 +447,7 @@ impl Sink for FilesSink {
         }
         let state = Self::read_state(&paths)?;
         if let Some(s) = &state {
-            if s.checkpoint.complete && paths.partial.exists() {
+            if s.checkpoint.complete && unpublished(&paths, s)? {
                 // The last run committed completion but stopped before
                 // publishing; whether it repeated a record is not known.
                 publish(
@@ -301,6 +455,7 @@ impl Sink for FilesSink {
                     s.checkpoint.full_refresh,
                     true,
                     &ctx.schema.primary_key,
+                    &s.checkpoint.prune,
                 )?;
             }
         }
@@ -350,6 +505,7 @@ impl Sink for FilesSink {
                 ids: Vec::new(),
                 hasher: std::hash::RandomState::new(),
                 resumed: len > 0,
+                _lease: lease,
             },
         );
         Ok(())
@@ -404,7 +560,7 @@ impl Sink for FilesSink {
         Ok(())
     }
 
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
         let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
         let mut map = self.open_map();
         let open = map.get_mut(&key).ok_or_else(|| Error::Sink {
@@ -434,10 +590,17 @@ impl Sink for FilesSink {
                 ids.sort_unstable();
                 let repeats = open.resumed || ids.windows(2).any(|w| w[0] == w[1]);
                 drop(ids);
-                publish(&open.paths, open.full_refresh, repeats, &open.key)?;
+                // The lease (in `open`) is released once published.
+                return publish(
+                    &open.paths,
+                    open.full_refresh,
+                    repeats,
+                    &open.key,
+                    &checkpoint.prune,
+                );
             }
         }
-        Ok(())
+        Ok(PruneOutcome::NotApplicable)
     }
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {

@@ -861,9 +861,21 @@ impl HubSpotFake {
         *entry = (*entry).min(at_page);
     }
 
-    /// Clears injected faults, malformed pages and repeating cursors.
+    /// From page `at_page` on (counted as in [`HubSpotFake::malformed_page`]),
+    /// the list endpoint of `object_type` answers without `paging`, as if
+    /// the listing ended there: a truncated listing that still answers 200.
+    pub fn drop_paging(&self, object_type: &str, at_page: usize) {
+        let name = self.inner.canonical(object_type);
+        let mut st = self.inner.state();
+        let entry = st.drop_paging.entry(name).or_insert(at_page);
+        *entry = (*entry).min(at_page);
+    }
+
+    /// Clears injected faults, malformed pages, repeating cursors and
+    /// dropped paging.
     pub fn clear_faults(&self) {
         let mut st = self.inner.state();
+        st.drop_paging.clear();
         st.faults.clear();
         st.token_faults.clear();
         st.malformed.clear();
@@ -2410,6 +2422,9 @@ struct State {
     token_faults: VecDeque<Fault>,
     malformed: HashSet<(String, usize)>,
     repeat: HashMap<String, usize>,
+    /// Object types whose live listing answers without `paging` from this
+    /// page on.
+    drop_paging: HashMap<String, usize>,
     per_path: BTreeMap<String, u64>,
     /// Association batch reads still to answer with a failed input.
     association_faults: usize,
@@ -4159,7 +4174,8 @@ impl Inner {
             writer.write(&mut out, &view.rec(space, pos), broken == Some(k));
         }
         out.push(']');
-        if let Some(next_item) = next_item {
+        let truncated = !archived && self.paging_dropped(&schema.name, start, limit);
+        if let Some(next_item) = next_item.filter(|_| !truncated) {
             let next_id = if repeat {
                 start_id
             } else {
@@ -4178,6 +4194,16 @@ impl Inner {
         }
         out.push('}');
         Reply::json(200, out)
+    }
+
+    /// True when the list page starting at `start` loses its `paging`
+    /// ([`HubSpotFake::drop_paging`]).
+    fn paging_dropped(&self, name: &str, start: usize, limit: usize) -> bool {
+        let st = self.state();
+        match st.drop_paging.get(name) {
+            Some(&from) if limit > 0 => start / limit >= from,
+            _ => false,
+        }
     }
 
     /// `(malformed, repeat_cursor)` for the list page starting at `start`.

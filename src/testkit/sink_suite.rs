@@ -23,7 +23,10 @@
 //!
 //! The suite reuses one sink instance throughout, also across a simulated
 //! crash: a sink must recover in `prepare`, since a long-lived process re-runs
-//! a failed stream on the same instance.
+//! a failed stream on the same instance. A run that stops without its final
+//! commit is abandoned first ([`Sink::abandon`], as the engine does when a
+//! run fails), which releases its lease: a run still holding the lease of
+//! its stream keeps every other run of that stream out.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -34,7 +37,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::schema::{Field, FieldType, StreamSchema};
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::source::{Record, StreamState};
 use crate::{Error, Result};
 
@@ -110,7 +113,7 @@ impl Capabilities {
 }
 
 /// The names of the checks, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 14] = [
     "create_from_schema",
     "rewrite_changes_nothing",
     "updates_replace_rows",
@@ -122,6 +125,9 @@ pub const CHECKS: [&str; 11] = [
     "tenants_are_isolated",
     "crash_then_resume",
     "bulk_100k_rows",
+    "single_writer",
+    "prune_withheld",
+    "prune_share_limit",
 ];
 
 /// Runs every check, in the order of [`CHECKS`], and fails with one error
@@ -156,6 +162,9 @@ pub async fn run(
             "tenants_are_isolated" => tenants_are_isolated(sink, inspect, caps).await,
             "crash_then_resume" => crash_then_resume(sink, inspect, caps).await,
             "bulk_100k_rows" => bulk_100k_rows(sink, inspect, caps).await,
+            "single_writer" => single_writer(sink, inspect, caps).await,
+            "prune_withheld" => prune_withheld(sink, inspect, caps).await,
+            "prune_share_limit" => prune_share_limit(sink, inspect, caps).await,
             other => Err(Error::Config(format!(
                 "no conformance check is called `{other}` (see CHECKS)"
             ))),
@@ -271,6 +280,13 @@ impl<'a> Ctx<'a> {
     /// resumed as it was (full or incremental); otherwise a new run starts,
     /// a full refresh or an incremental one as `full_refresh` says.
     async fn start(&self, tenant: &str, schema: &StreamSchema, full_refresh: bool) -> Result<Run> {
+        // Whatever ran before on this instance is over (a simulated crash):
+        // abandoned, as the engine does.
+        self.call(
+            format!("abandon of `{}` for `{tenant}`", schema.name),
+            self.sink.abandon(tenant, &schema.name),
+        )
+        .await?;
         let previous = self
             .call(
                 format!("load_state({tenant:?}, {:?})", schema.name),
@@ -332,15 +348,26 @@ impl<'a> Ctx<'a> {
 
     async fn commit_state(&self, run: &Run, state: Value, complete: bool) -> Result<Checkpoint> {
         let cp = checkpoint(run, StreamState(state), complete);
+        self.commit_checkpoint(run, cp).await
+    }
+
+    /// Commits `cp` of `run`; returns it.
+    async fn commit_checkpoint(&self, run: &Run, cp: Checkpoint) -> Result<Checkpoint> {
+        self.commit_outcome(run, &cp).await?;
+        Ok(cp)
+    }
+
+    /// Commits `cp` of `run`; returns what the sink did about pruning.
+    async fn commit_outcome(&self, run: &Run, cp: &Checkpoint) -> Result<PruneOutcome> {
+        let complete = cp.complete;
         self.call(
             format!(
                 "commit of `{}` after page {} (complete: {complete})",
                 run.schema.name, run.pages
             ),
-            self.sink.commit(&cp),
+            self.sink.commit(cp),
         )
-        .await?;
-        Ok(cp)
+        .await
     }
 
     /// A whole full-refresh run of `pages`, committing every `every` pages
@@ -1677,6 +1704,242 @@ pub async fn bulk_100k_rows(
         .await?;
     c.expect_state(&tenant, &schema.name, Some(&cp), "after 100,000 rows")
         .await
+}
+
+/// One writer per tenant and stream: while a run holds the stream (after
+/// its `prepare`, until its final commit), a second run of it is refused
+/// with [`Error::Busy`] (from `prepare`) and changes nothing; another
+/// stream and another tenant are not held up; once the first completes, the
+/// second runs, and every row is there. An abandoned run releases the
+/// stream at once.
+pub async fn single_writer(
+    sink: &dyn Sink,
+    inspect: &dyn SinkInspector,
+    caps: &Capabilities,
+) -> Result<()> {
+    let c = Ctx::new(sink, inspect, caps, "single_writer");
+    let tenant = unique("tenant");
+    let schema = typed_schema(&unique("lease"));
+    let mut model = Model::default();
+    c.sync(
+        &mut model,
+        &tenant,
+        &schema,
+        vec![(1..=20).map(|n| typed_record(n, 1)).collect()],
+        10,
+    )
+    .await?;
+    // Run A: a full refresh, holding the stream.
+    let mut a = c.start(&tenant, &schema, true).await?;
+    model.begin(true);
+    let page = (1..=10).map(|n| typed_record(n, 2)).collect::<Vec<_>>();
+    let at = c.write(&mut a, page.clone()).await?;
+    model.write(&page, a.sync_id, at);
+    c.commit(&a, false).await?;
+    // Run B of the same stream (another process, a console click): refused.
+    let b_ctx = StreamContext::new(tenant.as_str(), schema.clone(), Uuid::new_v4(), None)
+        .with_full_refresh(true);
+    match sink.prepare(&b_ctx).await {
+        Err(e) if e.is_busy() => {}
+        Err(e) => {
+            return Err(c.fail(format!(
+                "a second run's prepare failed with another error than Busy: {}",
+                error_chain(&e)
+            )))
+        }
+        Ok(()) => {
+            return Err(
+                c.fail("a second run of a stream was prepared while the first still held it")
+            )
+        }
+    }
+    // Other streams and tenants are free meanwhile.
+    let mut other_model = Model::default();
+    let other = unique("tenant");
+    c.sync(
+        &mut other_model,
+        &other,
+        &schema,
+        vec![vec![typed_record(1, 7)]],
+        10,
+    )
+    .await?;
+    // A goes on and completes: its rows and nothing of B's.
+    let page = (11..=20).map(|n| typed_record(n, 2)).collect::<Vec<_>>();
+    let at = c.write(&mut a, page.clone()).await?;
+    model.write(&page, a.sync_id, at);
+    c.commit(&a, true).await?;
+    model.complete();
+    c.expect_rows(
+        &tenant,
+        &schema.name,
+        &model,
+        "after the first run completed (the refused run wrote nothing)",
+    )
+    .await?;
+    // Now B may run, as a full refresh of the same records.
+    let pages = vec![(1..=20).map(|n| typed_record(n, 3)).collect()];
+    c.sync(&mut model, &tenant, &schema, pages, 10).await?;
+    c.expect_rows(&tenant, &schema.name, &model, "after the second run")
+        .await?;
+    // A run that is abandoned releases the stream at once.
+    let ctx = StreamContext::new(tenant.as_str(), schema.clone(), Uuid::new_v4(), None)
+        .with_full_refresh(true);
+    c.call("prepare of an abandoned run", sink.prepare(&ctx))
+        .await?;
+    c.call("abandon", sink.abandon(&tenant, &schema.name))
+        .await?;
+    c.call("prepare after an abandoned run", sink.prepare(&ctx))
+        .await?;
+    c.call("abandon", sink.abandon(&tenant, &schema.name))
+        .await?;
+    c.expect_rows(&tenant, &schema.name, &model, "at the end")
+        .await?;
+    c.expect_rows(&other, &schema.name, &other_model, "for the other tenant")
+        .await
+}
+
+/// A full refresh told not to prune ([`Prune::Withheld`]: a completeness
+/// check did not match) merges what it read, deletes nothing and reports
+/// [`PruneOutcome::Withheld`]; the next refresh allowed to prune deletes.
+pub async fn prune_withheld(
+    sink: &dyn Sink,
+    inspect: &dyn SinkInspector,
+    caps: &Capabilities,
+) -> Result<()> {
+    let c = Ctx::new(sink, inspect, caps, "prune_withheld");
+    let tenant = unique("tenant");
+    let schema = typed_schema(&unique("withheld"));
+    let mut model = Model::default();
+    c.sync(
+        &mut model,
+        &tenant,
+        &schema,
+        vec![(1..=30).map(|n| typed_record(n, 1)).collect()],
+        10,
+    )
+    .await?;
+    // A full refresh that read 3 of the 30 (a listing cut short).
+    let mut run = c.start(&tenant, &schema, true).await?;
+    model.begin(false); // expected: merged, nothing deleted
+    let page: Vec<Record> = (1..=3).map(|n| typed_record(n, 2)).collect();
+    let at = c.write(&mut run, page.clone()).await?;
+    model.write(&page, run.sync_id, at);
+    let reason = "completeness checks did not match (contacts: 30 reported, 3 read)";
+    let cp = checkpoint(&run, StreamState(json!({"page": 1})), true)
+        .with_prune(Prune::Withheld(reason.into()));
+    let outcome = c.commit_outcome(&run, &cp).await?;
+    model.complete();
+    match &outcome {
+        PruneOutcome::Withheld { reason: r, .. } if r == reason => {}
+        other => {
+            return Err(c.fail(format!(
+                "a full refresh that may not prune reported {other:?}"
+            )))
+        }
+    }
+    c.expect_rows(
+        &tenant,
+        &schema.name,
+        &model,
+        "after a full refresh that may not prune (every row kept, the read ones updated)",
+    )
+    .await?;
+    // The same run may prune at last (every row read): the stale rows go.
+    let mut next = c.start(&tenant, &schema, true).await?;
+    model.begin(true);
+    let page: Vec<Record> = (1..=25).map(|n| typed_record(n, 3)).collect();
+    let at = c.write(&mut next, page.clone()).await?;
+    model.write(&page, next.sync_id, at);
+    let cp = checkpoint(&next, StreamState(json!({"page": 1})), true).with_prune(Prune::UpTo(0.5));
+    let outcome = c.commit_outcome(&next, &cp).await?;
+    model.complete();
+    if !matches!(
+        outcome,
+        PruneOutcome::Pruned {
+            rows: None | Some(5)
+        }
+    ) {
+        return Err(c.fail(format!(
+            "a full refresh deleting 5 of 30 rows with a share of 0.5 reported {outcome:?}"
+        )));
+    }
+    c.expect_rows(
+        &tenant,
+        &schema.name,
+        &model,
+        "after a full refresh allowed to prune",
+    )
+    .await
+}
+
+/// [`Prune::UpTo`]: a full refresh that would delete more than the share of
+/// the tenant's rows deletes nothing (and says so); within the share it
+/// deletes.
+pub async fn prune_share_limit(
+    sink: &dyn Sink,
+    inspect: &dyn SinkInspector,
+    caps: &Capabilities,
+) -> Result<()> {
+    let c = Ctx::new(sink, inspect, caps, "prune_share_limit");
+    let tenant = unique("tenant");
+    let schema = typed_schema(&unique("share"));
+    let mut model = Model::default();
+    c.sync(
+        &mut model,
+        &tenant,
+        &schema,
+        vec![(1..=10).map(|n| typed_record(n, 1)).collect()],
+        10,
+    )
+    .await?;
+    // 4 of 10 read: deleting 6 of 10 is more than half.
+    let mut run = c.start(&tenant, &schema, true).await?;
+    model.begin(false);
+    let page: Vec<Record> = (1..=4).map(|n| typed_record(n, 2)).collect();
+    let at = c.write(&mut run, page.clone()).await?;
+    model.write(&page, run.sync_id, at);
+    let cp = checkpoint(&run, StreamState(json!({"page": 1})), true).with_prune(Prune::UpTo(0.5));
+    let outcome = c.commit_outcome(&run, &cp).await?;
+    model.complete();
+    if !outcome.is_withheld() {
+        return Err(c.fail(format!(
+            "a full refresh deleting 6 of 10 rows with a share of 0.5 reported {outcome:?}"
+        )));
+    }
+    c.expect_rows(
+        &tenant,
+        &schema.name,
+        &model,
+        "after a full refresh over the share (nothing deleted)",
+    )
+    .await?;
+    // 8 of 10 read: deleting 2 of 10 is within the share.
+    let mut run = c.start(&tenant, &schema, true).await?;
+    model.begin(true);
+    let page: Vec<Record> = (1..=8).map(|n| typed_record(n, 3)).collect();
+    let at = c.write(&mut run, page.clone()).await?;
+    model.write(&page, run.sync_id, at);
+    let cp = checkpoint(&run, StreamState(json!({"page": 1})), true).with_prune(Prune::UpTo(0.5));
+    let outcome = c.commit_outcome(&run, &cp).await?;
+    model.complete();
+    if !matches!(
+        outcome,
+        PruneOutcome::Pruned {
+            rows: None | Some(2)
+        }
+    ) {
+        return Err(c.fail(format!(
+            "a full refresh deleting 2 of 10 rows with a share of 0.5 reported {outcome:?}"
+        )));
+    }
+    c.expect_rows(
+        &tenant,
+        &schema.name,
+        &model,
+        "after a full refresh within the share",
+    )
+    .await
 }
 
 #[cfg(test)]

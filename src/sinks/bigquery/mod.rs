@@ -69,10 +69,26 @@
 //!    no query parameters in scripts);
 //! 4. drops the staging table.
 //!
-//! The last commit of a full refresh ([`Checkpoint::full_refresh`]) also
-//! deletes, in the same transaction, the tenant's rows that the run did not
-//! write (their `_sync_id` is another run's): a complete full refresh leaves
-//! exactly the source's records. An incremental run only merges.
+//! The last commit of a full refresh ([`Checkpoint::full_refresh`]) then
+//! deletes the tenant's rows that the run did not write (their `_sync_id`
+//! is another run's), as far as [`Checkpoint::prune`] allows: it counts
+//! them first, and deletes nothing when the run's completeness checks did
+//! not match or they are more than the allowed share. The DELETE runs right
+//! after the final commit's transaction, not in it (the count must see the
+//! merged rows): a crash in between leaves rows that the next full refresh
+//! removes, never fewer rows. An incremental run only merges.
+//!
+//! # One writer per stream
+//! [`Sink::prepare`] takes a lease row in `_headwater_leases` (tenant,
+//! stream, token, holder, expires_at), created if missing, by a `MERGE`
+//! in a transaction that inserts the row or takes over an expired one
+//! (`WHEN MATCHED AND expires_at < CURRENT_TIMESTAMP()`), then reads it
+//! back: another run's unexpired token means [`Error::Busy`]. Real
+//! BigQuery aborts one of two concurrent transactions on the table; the
+//! read-back decides either way. Commits renew it once half of its
+//! [`LEASE_TTL`] is gone (checking it is still this run's); the final
+//! commit and [`Sink::abandon`] delete it. A run killed with its process
+//! leaves the row to expire.
 //!
 //! A crash before step 3 leaves the state at the previous checkpoint: the
 //! resumed sync reads the same records again and the MERGE makes that
@@ -125,7 +141,7 @@ pub use auth::{ServiceAccountKey, ServiceAccountTokenSource, BIGQUERY_SCOPE};
 pub use config::{BigQuerySinkBuilder, NumberType, DEFAULT_ENDPOINT};
 
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::{Error, Result};
 use client::{string_param, Api};
 use layout::{column_json, existing_columns, plan_layout, Layout};
@@ -135,6 +151,13 @@ pub(crate) const NAME: &str = "bigquery";
 
 /// The table holding each tenant's and stream's last checkpoint.
 pub const STATE_TABLE: &str = "_headwater_state";
+
+/// The table holding the runs' leases of tenants' streams.
+pub const LEASE_TABLE: &str = "_headwater_leases";
+
+/// How long a run's lease lasts after it was taken or last renewed: a run
+/// killed with its process blocks its stream that long.
+pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Orders rows in a staging table (the last write of a key wins).
 const SEQ_COLUMN: &str = "_headwater_seq";
@@ -198,6 +221,8 @@ struct OpenStream {
     seq: u64,
     /// Values that did not fit their column, per column, since the last commit.
     rejected: HashMap<String, u64>,
+    /// The run's lease: its token and when it was last renewed.
+    lease: Option<(String, std::time::Instant)>,
 }
 
 struct Inner {
@@ -452,6 +477,159 @@ impl BigQuerySink {
             .collect())
     }
 
+    /// Takes the lease of a tenant's stream (see the module docs); returns
+    /// its token, or fails with [`Error::Busy`].
+    async fn take_lease(&self, tenant: &str, stream: &str, sync_id: uuid::Uuid) -> Result<String> {
+        let api = &self.inner.api;
+        let table = self.quoted_table(LEASE_TABLE);
+        api.query(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {table} (tenant STRING, stream STRING, token STRING,                  holder STRING, expires_at TIMESTAMP)"
+            ),
+            &[],
+            "lease table",
+        )
+        .await?;
+        let token = uuid::Uuid::new_v4().to_string();
+        let holder = format!("process {} run {sync_id}", std::process::id());
+        let script = format!(
+            "BEGIN TRANSACTION;
+             MERGE {table} AS t
+             USING (SELECT {tenant} AS tenant, {stream} AS stream, {token} AS token, {holder} AS holder,              TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {ttl} SECOND) AS expires_at) AS s
+             ON t.tenant = s.tenant AND t.stream = s.stream
+             WHEN MATCHED AND t.expires_at < CURRENT_TIMESTAMP() THEN UPDATE SET token = s.token,              holder = s.holder, expires_at = s.expires_at
+             WHEN NOT MATCHED THEN INSERT (tenant, stream, token, holder, expires_at)              VALUES (s.tenant, s.stream, s.token, s.holder, s.expires_at);
+             COMMIT TRANSACTION;",
+            tenant = sql_string(tenant),
+            stream = sql_string(stream),
+            token = sql_string(&token),
+            holder = sql_string(&holder),
+            ttl = LEASE_TTL.as_secs(),
+        );
+        if let Err(e) = api.query(&script, &[], "lease").await {
+            // A concurrent transaction on the lease table aborts this one:
+            // the read-back below says who holds the lease.
+            tracing::debug!(tenant, stream, error = %e, "bigquery: taking the lease failed; reading it back");
+        }
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT token, holder, CAST(expires_at AS STRING) AS until FROM {table}                      WHERE tenant = @tenant AND stream = @stream"
+                ),
+                &[("tenant", tenant), ("stream", stream)],
+            )
+            .await?;
+        let mine = rows
+            .iter()
+            .any(|r| r.get("token").and_then(Value::as_str) == Some(token.as_str()));
+        if mine && rows.len() == 1 {
+            return Ok(token);
+        }
+        let holder = rows
+            .iter()
+            .find(|r| r.get("token").and_then(Value::as_str) != Some(token.as_str()))
+            .map(|r| {
+                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                format!("{}, lease until {}", s("holder"), s("until"))
+            })
+            .unwrap_or_else(|| "another run".into());
+        if mine {
+            self.release_lease(tenant, stream, &token).await;
+        }
+        Err(Error::Busy {
+            sink: NAME,
+            tenant: tenant.to_owned(),
+            stream: stream.to_owned(),
+            holder,
+        })
+    }
+
+    /// Extends the lease when half of its time is gone; fails with
+    /// [`Error::Busy`] when another run took it over.
+    async fn renew_lease(&self, tenant: &str, stream: &str, token: &str) -> Result<()> {
+        let table = self.quoted_table(LEASE_TABLE);
+        self.inner
+            .api
+            .query(
+                &format!(
+                    "UPDATE {table} SET expires_at = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {ttl} SECOND)                      WHERE tenant = {tenant} AND stream = {stream} AND token = {token}",
+                    ttl = LEASE_TTL.as_secs(),
+                    tenant = sql_string(tenant),
+                    stream = sql_string(stream),
+                    token = sql_string(token),
+                ),
+                &[],
+                "lease renewal",
+            )
+            .await?;
+        let rows = self
+            .query(
+                &format!("SELECT holder FROM {table} WHERE tenant = @tenant AND stream = @stream AND token = @token"),
+                &[("tenant", tenant), ("stream", stream), ("token", token)],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::Busy {
+                sink: NAME,
+                tenant: tenant.to_owned(),
+                stream: stream.to_owned(),
+                holder: "the lease expired and was taken over by another run".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the lease row if it is still `token`'s.
+    async fn release_lease(&self, tenant: &str, stream: &str, token: &str) {
+        let sql = format!(
+            "DELETE FROM {} WHERE tenant = {} AND stream = {} AND token = {}",
+            self.quoted_table(LEASE_TABLE),
+            sql_string(tenant),
+            sql_string(stream),
+            sql_string(token),
+        );
+        if let Err(e) = self.inner.api.query(&sql, &[], "lease release").await {
+            tracing::warn!(tenant, stream, error = %e, "bigquery: cannot release the lease: it expires by itself");
+        }
+    }
+
+    /// After the final commit of a full refresh: counts the tenant's rows
+    /// the run did not write and deletes them if `checkpoint.prune` allows.
+    async fn prune(&self, layout: &Layout, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
+        if checkpoint.prune != Prune::All {
+            let sql = format!(
+                "SELECT SUM(CASE WHEN `_sync_id` IS NULL OR `_sync_id` != @sync_id THEN 1 ELSE 0 END) AS stale,                  COUNT(*) AS total FROM {} WHERE `_tenant_id` = @tenant",
+                self.quoted_table(&layout.table)
+            );
+            let sync_id = checkpoint.sync_id.to_string();
+            let rows = self
+                .query(
+                    &sql,
+                    &[("sync_id", &sync_id), ("tenant", &checkpoint.tenant)],
+                )
+                .await?;
+            let count = |k: &str| {
+                rows.first()
+                    .and_then(|r| r.get(k))
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                    .unwrap_or(0)
+            };
+            let (stale, total) = (count("stale"), count("total"));
+            if let Err(withheld) = checkpoint.prune.check(stale, total) {
+                return Ok(withheld);
+            }
+        }
+        self.inner
+            .api
+            .query(
+                &self.stale_rows_sql(layout, checkpoint),
+                &[],
+                &format!("delete stale rows of {}", layout.table),
+            )
+            .await?;
+        Ok(PruneOutcome::Pruned { rows: None })
+    }
+
     fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), OpenStream>> {
         self.inner
             .open
@@ -590,7 +768,17 @@ impl Sink for BigQuerySink {
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
         self.ensure_dataset().await?;
         self.ensure_state_table().await?;
-        let layout = self.layout(&ctx.schema).await?;
+        let token = self
+            .take_lease(&ctx.tenant, &ctx.schema.name, ctx.sync_id)
+            .await?;
+        let layout = match self.layout(&ctx.schema).await {
+            Ok(layout) => layout,
+            Err(e) => {
+                self.release_lease(&ctx.tenant, &ctx.schema.name, &token)
+                    .await;
+                return Err(e);
+            }
+        };
         // Rows are merged by key: a resumed run has no tail to drop, only
         // an unsent buffer to forget.
         self.open_map().insert(
@@ -602,8 +790,19 @@ impl Sink for BigQuerySink {
                 rows: 0,
                 seq: 0,
                 rejected: HashMap::new(),
+                lease: Some((token, std::time::Instant::now())),
             },
         );
+        Ok(())
+    }
+
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        let open = self
+            .open_map()
+            .remove(&(tenant.to_owned(), stream.to_owned()));
+        if let Some((token, _)) = open.and_then(|o| o.lease) {
+            self.release_lease(tenant, stream, &token).await;
+        }
         Ok(())
     }
 
@@ -709,9 +908,9 @@ impl Sink for BigQuerySink {
         Ok(())
     }
 
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
         let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
-        let (layout, chunks, rows) = {
+        let (layout, chunks, rows, lease) = {
             let mut map = self.open_map();
             let open = map.get_mut(&key).ok_or_else(|| Error::Sink {
                 sink: NAME,
@@ -731,15 +930,35 @@ impl Sink for BigQuerySink {
                 );
             }
             let rows = std::mem::take(&mut open.rows);
-            (Arc::clone(&open.layout), chunks, rows)
+            (Arc::clone(&open.layout), chunks, rows, open.lease.clone())
         };
-        // Data first, then (a full refresh completing) the rows it did not
-        // write, then the state: one transaction.
-        let mut state_sql = String::new();
-        if checkpoint.complete && checkpoint.full_refresh {
-            state_sql.push_str(&self.stale_rows_sql(&layout, checkpoint));
+        // Still this run's stream? Checked (and extended) once half of the
+        // lease's time is gone.
+        if let Some((token, renewed)) = &lease {
+            if renewed.elapsed() > LEASE_TTL / 2 {
+                if let Err(e) = self
+                    .renew_lease(&checkpoint.tenant, &checkpoint.stream, token)
+                    .await
+                {
+                    let mut map = self.open_map();
+                    if let Some(open) = map.get_mut(&key) {
+                        let mut back = chunks;
+                        back.append(&mut open.chunks);
+                        open.chunks = back;
+                        open.rows += rows;
+                    }
+                    return Err(e);
+                }
+                if let Some(open) = self.open_map().get_mut(&key) {
+                    if let Some(l) = &mut open.lease {
+                        l.1 = std::time::Instant::now();
+                    }
+                }
+            }
         }
-        state_sql.push_str(&self.state_sql(checkpoint)?);
+        // Data and state: one transaction. A full refresh completing then
+        // deletes the rows it did not write, as far as allowed.
+        let state_sql = self.state_sql(checkpoint)?;
         let result = if rows == 0 {
             self.inner
                 .api
@@ -753,17 +972,28 @@ impl Sink for BigQuerySink {
         } else {
             self.merge_commit(&layout, &chunks, &state_sql).await
         };
-        let mut map = self.open_map();
+        let result = match result {
+            Ok(()) if checkpoint.complete && checkpoint.full_refresh => {
+                self.prune(&layout, checkpoint).await
+            }
+            Ok(()) => Ok(PruneOutcome::NotApplicable),
+            Err(e) => Err(e),
+        };
         match result {
-            Ok(()) => {
+            Ok(outcome) => {
                 tracing::debug!(table = %layout.table, rows, "bigquery: committed");
                 if checkpoint.complete {
-                    map.remove(&key);
+                    let open = self.open_map().remove(&key);
+                    if let Some((token, _)) = open.and_then(|o| o.lease) {
+                        self.release_lease(&checkpoint.tenant, &checkpoint.stream, &token)
+                            .await;
+                    }
                 }
-                Ok(())
+                Ok(outcome)
             }
             Err(e) => {
                 // Keep the rows: a retried commit sends them again.
+                let mut map = self.open_map();
                 if let Some(open) = map.get_mut(&key) {
                     let mut back = chunks;
                     back.append(&mut open.chunks);

@@ -86,8 +86,27 @@
 //! current snapshot. A long chain of incremental syncs means many small
 //! files: run a full refresh (`Sync::full_refresh(true)`) now and then.
 //!
+//! A full refresh replaces the snapshot only as far as
+//! [`Checkpoint::prune`] allows: with a share limit it first counts the
+//! keys of the current snapshot that the refresh did not write (reading both
+//! back), and when its completeness checks did not match or those are more
+//! than the allowed share, the refresh is appended to the snapshot like an
+//! incremental sync (nothing is dropped). The snapshot's read-modify-write
+//! is a conditional put on the etag read (`PutMode::Update`, or
+//! `PutMode::Create` for the first), retried on a conflict; stores without
+//! conditional updates (local disk) overwrite.
+//!
+//! ## One writer per stream
+//! `prepare` takes a lease, `{prefix}/{tenant}/{stream}/_lease.json` in the
+//! raw layer, by conditional put: created if absent, taken over if expired,
+//! renewed at each commit, deleted at the final commit or
+//! [`Sink::abandon`]. While another run holds it, `prepare` fails with
+//! [`Error::Busy`]. A run killed with its process leaves its lease to
+//! expire [`ObjectStoreSinkBuilder::lease_ttl`] after its last commit
+//! (default 15 minutes); a run that does not commit for that long may lose
+//! its lease to another, and then fails at its next commit.
+//!
 //! ## Limits
-//! - One writer per tenant and stream at a time (as for every sink).
 //! - Each commit with records writes one file per layer, held in memory
 //!   until then: the engine's `checkpoint_every` sets the files' size (the
 //!   default, 10 pages of 100 records, makes small files; raise it for
@@ -117,6 +136,7 @@
 
 mod clean;
 mod layout;
+mod lease;
 mod manifest;
 mod raw;
 
@@ -127,7 +147,7 @@ use std::sync::Arc;
 use ::object_store::aws::AmazonS3Builder;
 use ::object_store::local::LocalFileSystem;
 use ::object_store::path::Path;
-use ::object_store::{ObjectStore, PutPayload};
+use ::object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -138,11 +158,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::schema::{Field, StreamSchema};
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::{Error, Result};
 
 use self::clean::{merge_columns, CleanPart, ColumnPlan};
 use self::layout::{part_of, Layer, CLEAN_EXT, RAW_EXT};
+use self::lease::Lease;
 use self::manifest::StateFile;
 pub use self::manifest::{Manifest, ManifestFile, Snapshot, FORMAT_VERSION};
 use self::raw::RawPart;
@@ -197,7 +218,12 @@ struct Options {
     multipart_part_size: usize,
     upload_concurrency: usize,
     gzip_level: u32,
+    lease_ttl: std::time::Duration,
 }
+
+/// How long a run's lease lasts after its last commit (see
+/// [`ObjectStoreSinkBuilder::lease_ttl`]).
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -246,6 +272,8 @@ struct OpenStream {
     raw: RawPart,
     clean: Option<CleanPart>,
     plan: Arc<ColumnPlan>,
+    /// The run's lease, renewed at each commit, released at the last.
+    lease: Option<Lease>,
 }
 
 fn store_err(what: String) -> impl FnOnce(::object_store::Error) -> Error {
@@ -291,6 +319,7 @@ impl Default for ObjectStoreSinkBuilder {
                 multipart_part_size: DEFAULT_MULTIPART_PART_SIZE,
                 upload_concurrency: 4,
                 gzip_level: 6,
+                lease_ttl: DEFAULT_LEASE_TTL,
             },
         }
     }
@@ -351,6 +380,15 @@ impl ObjectStoreSinkBuilder {
     /// Pieces of one multipart upload sent at the same time (default 4).
     pub fn upload_concurrency(mut self, n: usize) -> Self {
         self.options.upload_concurrency = n.max(1);
+        self
+    }
+
+    /// How long a run's lease of a stream lasts after its last commit
+    /// (default [`DEFAULT_LEASE_TTL`]): a run killed with its process blocks
+    /// the stream that long; a run that commits less often than that may
+    /// lose its lease to another run. At least one second.
+    pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.options.lease_ttl = ttl.max(std::time::Duration::from_secs(1));
         self
     }
 
@@ -668,10 +706,73 @@ impl ObjectStoreSink {
     }
 
     /// Adds a complete sync to the stream's snapshot: a full refresh
-    /// replaces it, an incremental sync with files is appended. Written to
-    /// every layer, the raw layer last. Running it again for the same sync
-    /// gives the same snapshot.
-    async fn publish(&self, m: &Manifest, previous: Option<Snapshot>) -> Result<()> {
+    /// replaces it (as far as `prune` allows; otherwise it is appended), an
+    /// incremental sync with files is appended. Written to every layer, the
+    /// raw layer last, conditionally on the raw snapshot read (retried when
+    /// another writer changed it meanwhile). Running it again for the same
+    /// sync gives the same snapshot.
+    async fn publish(&self, m: &Manifest, prune: &Prune) -> Result<PruneOutcome> {
+        let path = self.raw.snapshot_path(&m.tenant, &m.stream);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (previous, version) = self.snapshot_versioned(&m.tenant, &m.stream).await?;
+            let (snapshot, outcome) = self.next_snapshot(m, previous, prune).await?;
+            if let Some(clean) = &self.clean {
+                put_json(clean, &clean.snapshot_path(&m.tenant, &m.stream), &snapshot).await?;
+            }
+            let bytes = serde_json::to_vec_pretty(&snapshot)
+                .map_err(|e| Error::sink(NAME, format!("cannot encode {path}"), e))?;
+            let mode = match version {
+                Some(v) => PutMode::Update(v),
+                None => PutMode::Create,
+            };
+            let put = self
+                .raw
+                .store
+                .put_opts(
+                    &path,
+                    PutPayload::from(bytes.clone()),
+                    PutOptions::from(mode),
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(outcome),
+                Err(::object_store::Error::NotImplemented) => {
+                    // No conditional updates on this store (local disk):
+                    // the lease is the only guard.
+                    self.raw
+                        .store
+                        .put(&path, PutPayload::from(bytes))
+                        .await
+                        .map_err(store_err(format!("cannot put {path}")))?;
+                    return Ok(outcome);
+                }
+                Err(
+                    e @ (::object_store::Error::Precondition { .. }
+                    | ::object_store::Error::AlreadyExists { .. }),
+                ) => {
+                    if attempts >= 3 {
+                        return Err(store_err(format!(
+                            "{path} kept changing while this sync published it"
+                        ))(e));
+                    }
+                    tracing::warn!(%path, "the snapshot changed while it was rewritten: reading it again");
+                }
+                Err(e) => return Err(store_err(format!("cannot put {path}"))(e)),
+            }
+        }
+    }
+
+    /// The snapshot that follows `previous` once `m` is published, and what
+    /// a full refresh did about the records it did not write.
+    async fn next_snapshot(
+        &self,
+        m: &Manifest,
+        previous: Option<Snapshot>,
+        prune: &Prune,
+    ) -> Result<(Snapshot, PruneOutcome)> {
+        let mut outcome = PruneOutcome::NotApplicable;
         let mut syncs = match previous {
             Some(p) if !m.full_refresh => p.syncs,
             None if !m.full_refresh => {
@@ -683,7 +784,50 @@ impl ObjectStoreSink {
                 );
                 Vec::new()
             }
-            _ => Vec::new(),
+            None => {
+                outcome = PruneOutcome::Pruned { rows: Some(0) };
+                Vec::new()
+            }
+            Some(p) => {
+                let unlimited = match prune {
+                    Prune::All => true,
+                    Prune::UpTo(share) => *share >= 1.0,
+                    _ => false,
+                };
+                if unlimited {
+                    outcome = PruneOutcome::Pruned { rows: None };
+                    Vec::new()
+                } else {
+                    let key = &m.schema.primary_key;
+                    let mut old = std::collections::HashSet::new();
+                    for file in p.raw_files() {
+                        for row in self.read_raw(file).await? {
+                            if let serde_json::Value::Object(row) = row {
+                                old.insert(crate::sink::row_key(&row, key));
+                            }
+                        }
+                    }
+                    let mut run = std::collections::HashSet::new();
+                    for file in &m.raw {
+                        for row in self.read_raw(file).await? {
+                            if let serde_json::Value::Object(row) = row {
+                                run.insert(crate::sink::row_key(&row, key));
+                            }
+                        }
+                    }
+                    let stale = old.difference(&run).count() as u64;
+                    match prune.check(stale, stale + run.len() as u64) {
+                        Ok(()) => {
+                            outcome = PruneOutcome::Pruned { rows: Some(stale) };
+                            Vec::new()
+                        }
+                        Err(withheld) => {
+                            outcome = withheld;
+                            p.syncs
+                        }
+                    }
+                }
+            }
         };
         syncs.retain(|s| s.sync_id != m.sync_id);
         if m.full_refresh || !m.raw.is_empty() {
@@ -697,20 +841,43 @@ impl ObjectStoreSink {
             updated_at: Utc::now(),
             syncs,
         };
-        if let Some(clean) = &self.clean {
-            put_json(clean, &clean.snapshot_path(&m.tenant, &m.stream), &snapshot).await?;
-        }
-        put_json(
-            &self.raw,
-            &self.raw.snapshot_path(&m.tenant, &m.stream),
-            &snapshot,
-        )
-        .await
+        Ok((snapshot, outcome))
+    }
+
+    /// The raw layer's snapshot and its version (for a conditional put).
+    async fn snapshot_versioned(
+        &self,
+        tenant: &str,
+        stream: &str,
+    ) -> Result<(Option<Snapshot>, Option<UpdateVersion>)> {
+        let path = self.raw.snapshot_path(tenant, stream);
+        let got = match self.raw.store.get(&path).await {
+            Ok(got) => got,
+            Err(::object_store::Error::NotFound { .. }) => return Ok((None, None)),
+            Err(e) => return Err(store_err(format!("cannot read {path}"))(e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(store_err(format!("cannot read {path}")))?;
+        let snapshot = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::state(format!("unreadable {path}"), e))?;
+        Ok((Some(snapshot), Some(version)))
     }
 
     /// Finishes a completion that stopped after the state was committed but
     /// before the snapshot was written.
-    async fn publish_if_stale(&self, tenant: &str, stream: &str, sync_id: Uuid) -> Result<()> {
+    async fn publish_if_stale(
+        &self,
+        tenant: &str,
+        stream: &str,
+        sync_id: Uuid,
+        prune: &Prune,
+    ) -> Result<()> {
         let snapshot = self.snapshot(tenant, stream).await?;
         if snapshot
             .as_ref()
@@ -719,7 +886,7 @@ impl ObjectStoreSink {
             return Ok(());
         }
         match self.manifest(tenant, stream, sync_id).await? {
-            Some(m) if m.complete => self.publish(&m, snapshot).await,
+            Some(m) if m.complete => self.publish(&m, prune).await.map(|_| ()),
             _ => {
                 tracing::warn!(
                     tenant,
@@ -817,7 +984,11 @@ impl ObjectStoreSink {
         Ok(len as u64)
     }
 
-    async fn commit_open(&self, s: &mut OpenStream, checkpoint: &Checkpoint) -> Result<()> {
+    async fn commit_open(
+        &self,
+        s: &mut OpenStream,
+        checkpoint: &Checkpoint,
+    ) -> Result<PruneOutcome> {
         if checkpoint.sync_id != s.sync_id {
             return Err(Error::Sink {
                 sink: NAME,
@@ -830,6 +1001,13 @@ impl ObjectStoreSink {
         }
         let tenant = checkpoint.tenant.as_str();
         let stream = checkpoint.stream.as_str();
+        // Still this run's stream? (Fails when another run took over an
+        // expired lease.)
+        if let Some(lease) = &mut s.lease {
+            lease
+                .renew(self.raw.store.as_ref(), self.options.lease_ttl)
+                .await?;
+        }
         let started_at = *s.started_at.get_or_insert(checkpoint.started_at);
         let date = started_at.date_naive();
         // A complete full refresh has at least one file per layer (empty if
@@ -931,14 +1109,33 @@ impl ObjectStoreSink {
         )
         .await?;
         if checkpoint.complete {
-            let previous = if s.full_refresh {
-                None
-            } else {
-                self.snapshot(tenant, stream).await?
-            };
-            self.publish(&manifest, previous).await?;
+            return self.publish(&manifest, &checkpoint.prune).await;
         }
-        Ok(())
+        Ok(PruneOutcome::NotApplicable)
+    }
+
+    /// Takes the open stream of a tenant out (if it is `only`, when given)
+    /// and releases its lease.
+    async fn close_open(
+        &self,
+        tenant: &str,
+        stream: &str,
+        only: Option<&Arc<tokio::sync::Mutex<OpenStream>>>,
+    ) {
+        let open = {
+            let mut map = self.open_map();
+            let key = (tenant.to_owned(), stream.to_owned());
+            match map.get(&key) {
+                Some(o) if only.is_none_or(|only| Arc::ptr_eq(o, only)) => map.remove(&key),
+                _ => None,
+            }
+        };
+        if let Some(open) = open {
+            let lease = open.lock().await.lease.take();
+            if let Some(lease) = lease {
+                lease.release(self.raw.store.as_ref()).await;
+            }
+        }
     }
 }
 
@@ -981,6 +1178,90 @@ impl Sink for ObjectStoreSink {
     }
 
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
+        let lease = Lease::take(
+            &self.raw,
+            &ctx.tenant,
+            &ctx.schema.name,
+            ctx.sync_id,
+            self.options.lease_ttl,
+        )
+        .await?;
+        match self.prepare_leased(ctx).await {
+            Ok(mut open) => {
+                open.lease = Some(lease);
+                self.open_map().insert(
+                    (ctx.tenant.clone(), ctx.schema.name.clone()),
+                    Arc::new(tokio::sync::Mutex::new(open)),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                lease.release(self.raw.store.as_ref()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write(&self, batch: Batch) -> Result<()> {
+        self.write_batch(batch).await
+    }
+
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
+        let open = self.get_open(&checkpoint.tenant, &checkpoint.stream, "commit")?;
+        let result = {
+            let mut s = open.lock().await;
+            self.commit_open(&mut s, checkpoint).await
+        };
+        if result.is_err() || checkpoint.complete {
+            // A failed commit may have consumed the part: the stream must be
+            // prepared again (and resumes from the last committed
+            // checkpoint). The run is over either way: its lease goes.
+            self.close_open(&checkpoint.tenant, &checkpoint.stream, Some(&open))
+                .await;
+        }
+        result
+    }
+
+    async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
+        self.close_open(tenant, stream, None).await;
+        Ok(())
+    }
+
+    async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
+        Ok(self.read_state(tenant, stream).await?.map(|s| s.checkpoint))
+    }
+
+    /// The keys of the live records of the stream's [`Snapshot`]: its raw
+    /// files read in order, the last version of each key kept. Reads the
+    /// whole snapshot (the keys stay in memory); empty before the first sync
+    /// completes.
+    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
+        let Some(snapshot) = self.snapshot(tenant, &stream.name).await? else {
+            return Ok(Vec::new());
+        };
+        let mut last: HashMap<String, bool> = HashMap::new();
+        for file in snapshot.raw_files() {
+            for row in self.read_raw(file).await? {
+                let serde_json::Value::Object(row) = row else {
+                    return Err(Error::State {
+                        message: format!("{}: a line is not a JSON object", file.path),
+                        source: None,
+                    });
+                };
+                let deleted = row.get("_deleted") == Some(&serde_json::Value::Bool(true));
+                last.insert(crate::sink::row_key(&row, &stream.primary_key), deleted);
+            }
+        }
+        Ok(last
+            .into_iter()
+            .filter_map(|(k, deleted)| (!deleted).then_some(k))
+            .collect())
+    }
+}
+
+impl ObjectStoreSink {
+    /// [`Sink::prepare`] once the run holds its lease: the open stream.
+    async fn prepare_leased(&self, ctx: &StreamContext) -> Result<OpenStream> {
         let tenant = ctx.tenant.as_str();
         let stream = ctx.schema.name.as_str();
         let state = self.read_state(tenant, stream).await?;
@@ -1001,6 +1282,7 @@ impl Sink for ObjectStoreSink {
             raw: RawPart::new(self.options.gzip_level),
             clean: self.clean.as_ref().map(|_| CleanPart::new(plan.clone())),
             plan,
+            lease: None,
         };
         if let Some(state) = state {
             let cp = &state.checkpoint;
@@ -1011,7 +1293,8 @@ impl Sink for ObjectStoreSink {
                         ctx.sync_id
                     )));
                 }
-                self.publish_if_stale(tenant, stream, cp.sync_id).await?;
+                self.publish_if_stale(tenant, stream, cp.sync_id, &cp.prune)
+                    .await?;
             } else if cp.sync_id == ctx.sync_id {
                 // This sync was interrupted. Resuming, it continues after its
                 // committed parts; restarted without a checkpoint, from part 0.
@@ -1060,14 +1343,10 @@ impl Sink for ObjectStoreSink {
                 .await?;
             }
         }
-        self.open_map().insert(
-            (tenant.to_owned(), stream.to_owned()),
-            Arc::new(tokio::sync::Mutex::new(open)),
-        );
-        Ok(())
+        Ok(open)
     }
 
-    async fn write(&self, batch: Batch) -> Result<()> {
+    async fn write_batch(&self, batch: Batch) -> Result<()> {
         let open = self.get_open(&batch.tenant, &batch.stream, "write")?;
         let mut s = open.lock().await;
         if batch.sync_id != s.sync_id {
@@ -1085,55 +1364,6 @@ impl Sink for ObjectStoreSink {
             clean.push(&batch);
         }
         Ok(())
-    }
-
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
-        let open = self.get_open(&checkpoint.tenant, &checkpoint.stream, "commit")?;
-        let result = {
-            let mut s = open.lock().await;
-            self.commit_open(&mut s, checkpoint).await
-        };
-        if result.is_err() || checkpoint.complete {
-            // A failed commit may have consumed the part: the stream must be
-            // prepared again (and resumes from the last committed checkpoint).
-            let mut map = self.open_map();
-            let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
-            if map.get(&key).is_some_and(|o| Arc::ptr_eq(o, &open)) {
-                map.remove(&key);
-            }
-        }
-        result
-    }
-
-    async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {
-        Ok(self.read_state(tenant, stream).await?.map(|s| s.checkpoint))
-    }
-
-    /// The keys of the live records of the stream's [`Snapshot`]: its raw
-    /// files read in order, the last version of each key kept. Reads the
-    /// whole snapshot (the keys stay in memory); empty before the first sync
-    /// completes.
-    async fn live_ids(&self, tenant: &str, stream: &StreamSchema) -> Result<Vec<String>> {
-        let Some(snapshot) = self.snapshot(tenant, &stream.name).await? else {
-            return Ok(Vec::new());
-        };
-        let mut last: HashMap<String, bool> = HashMap::new();
-        for file in snapshot.raw_files() {
-            for row in self.read_raw(file).await? {
-                let serde_json::Value::Object(row) = row else {
-                    return Err(Error::State {
-                        message: format!("{}: a line is not a JSON object", file.path),
-                        source: None,
-                    });
-                };
-                let deleted = row.get("_deleted") == Some(&serde_json::Value::Bool(true));
-                last.insert(crate::sink::row_key(&row, &stream.primary_key), deleted);
-            }
-        }
-        Ok(last
-            .into_iter()
-            .filter_map(|(k, deleted)| (!deleted).then_some(k))
-            .collect())
     }
 }
 

@@ -202,6 +202,7 @@ impl PostgresSinkBuilder {
             pg_config,
             max_columns: self.max_columns.unwrap_or(layout::DEFAULT_MAX_COLUMNS),
             tls,
+            leases: Mutex::default(),
         };
         drop(sink.client().await?);
         Ok(sink)

@@ -109,9 +109,23 @@
 //! A full refresh replaces what the tenant's stream held: its final commit
 //! also deletes, in the same transaction, the tenant's rows that the run did
 //! not write (records gone from the provider, such as hard or GDPR
-//! deletions; archived records are still read and kept with `_deleted`). An
-//! incremental run only merges its changes. Readers see each commit's rows as
-//! soon as it is committed.
+//! deletions; archived records are still read and kept with `_deleted`), as
+//! far as [`Checkpoint::prune`] allows: it counts them first, and when the
+//! run's completeness checks did not match or they are more than the allowed
+//! share of the tenant's rows, it deletes nothing. An incremental run only
+//! merges its changes. Readers see each commit's rows as soon as it is
+//! committed.
+//!
+//! # One writer per stream
+//! [`Sink::prepare`] takes a session-level advisory lock
+//! (`pg_try_advisory_lock`, keyed by a hash of the schema, tenant and
+//! stream) on a connection of the run's own, taken out of the pool and held
+//! until the run's final commit or [`Sink::abandon`]. The server releases it
+//! when that connection ends, so a run killed with its process never blocks
+//! the stream: the next run takes the lock as soon as the server sees the
+//! connection close. A run started meanwhile fails with [`Error::Busy`].
+//! Session locks need a session: put a transaction-pooling proxy (PgBouncer
+//! in `transaction` mode) in front of the sink and the lock means nothing.
 //!
 //! # Values
 //! Values are converted to their column's type. Blank strings become NULL in
@@ -176,7 +190,7 @@ use tokio_postgres::types::Json;
 use self::encode::Cell;
 use self::layout::{Layout, COLUMNS_TABLE, STATE_TABLE, STREAMS_TABLE};
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
 use crate::{Error, Result};
 
 pub(crate) const NAME: &str = "postgres";
@@ -278,10 +292,20 @@ pub struct PostgresSink {
     stream_timeout: Duration,
     /// For the streaming connections.
     pg_config: tokio_postgres::Config,
+    /// The runs' leases: per (tenant, stream), the connection holding its
+    /// session advisory lock.
+    leases: Mutex<HashMap<(String, String), Lease>>,
     /// See [`PostgresSinkBuilder::max_columns`].
     max_columns: usize,
     /// TLS for the streaming connections (the pool has its own clone).
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+/// A run's lease: a connection out of the pool holding a session advisory
+/// lock; dropping it closes the connection, which releases the lock.
+struct Lease {
+    client: deadpool_postgres::ClientWrapper,
+    key: i64,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -360,6 +384,73 @@ impl PostgresSink {
 
     fn lock_key(&self) -> i64 {
         ident::fnv1a(&[b"headwater", self.schema.as_bytes()]) as i64
+    }
+
+    /// The advisory lock key of a tenant's stream: its lease.
+    fn lease_key(&self, tenant: &str, stream: &str) -> i64 {
+        ident::fnv1a(&[
+            b"headwater-lease",
+            self.schema.as_bytes(),
+            tenant.as_bytes(),
+            stream.as_bytes(),
+        ]) as i64
+    }
+
+    /// Takes the run's lease of a tenant's stream, or fails with
+    /// [`Error::Busy`] naming the session that holds it.
+    async fn take_lease(&self, tenant: &str, stream: &str) -> Result<()> {
+        let key = self.lease_key(tenant, stream);
+        let client = deadpool_postgres::Object::take(self.client().await?);
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(pg_err("cannot take the stream's lease"))?
+            .get(0);
+        if !locked {
+            // Who holds it: a bigint key is (classid, objid) = (high, low) 32 bits.
+            let holder = client
+                .query_opt(
+                    "SELECT format('Postgres session pid %s (%s, connected %s)', a.pid,                      coalesce(nullif(a.application_name, ''), 'no application name'), a.backend_start)                      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1                      AND l.classid = (($1::bigint >> 32) & 4294967295)::oid                      AND l.objid = ($1::bigint & 4294967295)::oid",
+                    &[&key],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|| "another Postgres session".to_owned());
+            return Err(Error::Busy {
+                sink: NAME,
+                tenant: tenant.to_owned(),
+                stream: stream.to_owned(),
+                holder,
+            });
+        }
+        let previous = lock(&self.leases).insert(
+            (tenant.to_owned(), stream.to_owned()),
+            Lease { client, key },
+        );
+        // Another connection of this instance held it: the server said no to
+        // this one then, so this cannot happen; release it anyway.
+        if let Some(old) = previous {
+            drop(old);
+        }
+        Ok(())
+    }
+
+    /// Releases the run's lease of a tenant's stream, if held.
+    async fn release_lease(&self, tenant: &str, stream: &str) {
+        let lease = lock(&self.leases).remove(&(tenant.to_owned(), stream.to_owned()));
+        if let Some(lease) = lease {
+            // Unlock before closing, so a run that starts right after this
+            // one finished finds the lock free (closing is asynchronous).
+            if let Err(e) = lease
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&lease.key])
+                .await
+            {
+                tracing::debug!(error = %e, "cannot unlock the lease: closing its connection releases it");
+            }
+        }
     }
 
     /// Creates the schema and the bookkeeping tables, once per sink, and
@@ -667,7 +758,7 @@ impl PostgresSink {
         layout: &Layout,
         copy: OpenCopy,
         cp: &Checkpoint,
-    ) -> Result<Option<Conn>> {
+    ) -> Result<Option<(Conn, PruneOutcome)>> {
         let OpenCopy {
             conn,
             mut sink,
@@ -703,9 +794,9 @@ impl PostgresSink {
         if !direct {
             self.upsert(&conn, layout).await?;
         }
-        let conn = self.finish_tx(conn, layout, cp).await?;
+        let (conn, outcome) = self.finish_tx(conn, layout, cp).await?;
         conn.busy(false);
-        Ok(Some(conn))
+        Ok(Some((conn, outcome)))
     }
 
     /// A commit of buffered rows in one go, on a pooled connection. When
@@ -721,11 +812,11 @@ impl PostgresSink {
         rows: u64,
         cp: &Checkpoint,
         direct: bool,
-    ) -> Result<bool> {
+    ) -> Result<(bool, PruneOutcome)> {
         if rows == 0 {
             let conn = TxConn::begin(Conn::Pooled(self.client().await?)).await?;
-            self.finish_tx(conn, layout, cp).await?;
-            return Ok(false);
+            let (_, outcome) = self.finish_tx(conn, layout, cp).await?;
+            return Ok((false, outcome));
         }
         for try_direct in [true, false].into_iter().filter(|d| direct || !d) {
             let conn = Conn::Pooled(self.client().await?);
@@ -733,8 +824,8 @@ impl PostgresSink {
             if let Err(e) = send_chunks(copy.sink.as_mut(), payload).await {
                 return Err(pg_err(format!("COPY of `{}`", layout.stream))(e));
             }
-            if self.commit_streamed(layout, copy, cp).await?.is_some() {
-                return Ok(try_direct);
+            if let Some((_, outcome)) = self.commit_streamed(layout, copy, cp).await? {
+                return Ok((try_direct, outcome));
             }
             tracing::debug!(stream = %layout.stream, "rows already present: upserting through staging");
         }
@@ -763,11 +854,37 @@ impl PostgresSink {
     }
 
     /// The end of every commit transaction: a complete full refresh deletes
-    /// the tenant's rows it did not write, the state row is upserted,
-    /// COMMIT. Returns the connection.
-    async fn finish_tx(&self, conn: TxConn, layout: &Layout, cp: &Checkpoint) -> Result<Conn> {
+    /// the tenant's rows it did not write (as far as [`Checkpoint::prune`]
+    /// allows), the state row is upserted, COMMIT. Returns the connection
+    /// and what was deleted.
+    async fn finish_tx(
+        &self,
+        conn: TxConn,
+        layout: &Layout,
+        cp: &Checkpoint,
+    ) -> Result<(Conn, PruneOutcome)> {
         let client = conn.client();
-        if cp.complete && cp.full_refresh {
+        let mut outcome = PruneOutcome::NotApplicable;
+        let mut may_delete = cp.complete && cp.full_refresh;
+        if may_delete && cp.prune != Prune::All {
+            let counts = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE _sync_id <> $2), count(*) FROM {} WHERE _tenant_id = $1",
+                        ident::qualified(&self.schema, &layout.table)
+                    ),
+                    &[&cp.tenant, &cp.sync_id],
+                )
+                .await
+                .map_err(pg_err("cannot count the rows a full refresh would delete"))?;
+            let stale = u64::try_from(counts.get::<_, i64>(0)).unwrap_or(0);
+            let total = u64::try_from(counts.get::<_, i64>(1)).unwrap_or(0);
+            if let Err(withheld) = cp.prune.check(stale, total) {
+                outcome = withheld;
+                may_delete = false;
+            }
+        }
+        if may_delete {
             let stale = client
                 .prepare_cached(&layout.delete_stale_sql)
                 .await
@@ -782,6 +899,7 @@ impl PostgresSink {
             if n > 0 {
                 tracing::info!(stream = %layout.stream, tenant = %cp.tenant, rows = n, "full refresh removed rows no longer in the source");
             }
+            outcome = PruneOutcome::Pruned { rows: Some(n) };
         }
         let state = client
             .prepare_cached(&format!(
@@ -812,7 +930,8 @@ impl PostgresSink {
             )
             .await
             .map_err(pg_err("cannot store the checkpoint"))?;
-        conn.commit().await.map_err(pg_err("cannot commit"))
+        let conn = conn.commit().await.map_err(pg_err("cannot commit"))?;
+        Ok((conn, outcome))
     }
 
     /// True when the tenant has rows in the stream's table.
@@ -839,238 +958,28 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&self, ctx: &StreamContext) -> Result<()> {
-        // A new run (or a resumed one) starts from what is committed: rows
-        // buffered or streamed by an interrupted run on this instance are
-        // dropped (the engine reads them again from the checkpoint), and its
-        // open COPY ends first, so that its locks do not hold up the DDL
-        // below.
-        let previous = lock(&self.buffers).remove(&(ctx.tenant.clone(), ctx.schema.name.clone()));
-        if let Some(copy) = previous.and_then(|b| b.copy) {
-            drop(copy.abort().await);
-        }
         let lz4 = self.setup().await?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err("cannot begin"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_key()])
-            .await
-            .map_err(pg_err("cannot lock the schema"))?;
-        let prepared =
-            layout::prepare(&tx, &self.schema, &ctx.schema, lz4, self.max_columns).await?;
-        tx.commit().await.map_err(pg_err(format!(
-            "cannot commit the table of `{}`",
-            ctx.schema.name
-        )))?;
-        drop(client);
-
-        let stream = &ctx.schema.name;
-        if prepared.created {
-            tracing::info!(stream = %stream, table = %prepared.layout.table, "created table");
-        }
-        if !prepared.added.is_empty() {
-            tracing::info!(stream = %stream, fields = ?prepared.added, "added columns");
-        }
-        if !prepared.without_column.is_empty() && self.report_once(stream, "", "budget") {
-            tracing::warn!(
-                stream = %stream,
-                fields = prepared.without_column.len(),
-                max_columns = self.max_columns,
-                "the stream's table is at its column budget: these fields have no typed column; their values are in _record"
-            );
-        }
-        for change in &prepared.type_changes {
-            if self.report_once(stream, &change.field, "type") {
-                self.counters.type_changes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    stream = %stream,
-                    field = %change.field,
-                    column_type = layout::sql_type(change.column_type),
-                    declared_type = layout::sql_type(change.field_type),
-                    "field type changed: the column keeps its type; values that no longer fit are NULL there and kept in _record"
-                );
-            }
-        }
-        // Rows of a full refresh are new when the tenant has none yet (a
-        // first sync) or when they follow a checkpoint (a resumed run); then
-        // COPY straight into the table is tried first.
-        let direct = self.optimistic_copy
-            && ctx.full_refresh
-            && (ctx.resume.is_some() || !self.has_rows(&prepared.layout, &ctx.tenant).await?);
-        let raced = lock(&self.buffers).insert(
-            (ctx.tenant.clone(), stream.clone()),
-            Buffer {
-                layout: Arc::new(prepared.layout),
-                rows: Rows::default(),
-                direct,
-                copy: None,
-                idle: None,
-                streamable: true,
-            },
-        );
-        // Another prepare of the same stream ran meanwhile: its run is over.
-        drop(raced);
-        Ok(())
-    }
-
-    async fn write(&self, batch: Batch) -> Result<()> {
-        let key = (batch.tenant.clone(), batch.stream.clone());
-        let layout = lock(&self.buffers)
-            .get(&key)
-            .map(|b| b.layout.clone())
-            .ok_or_else(|| Error::Sink {
-                sink: NAME,
-                message: format!("write to `{}` before prepare", batch.stream),
-                source: None,
-            })?;
-        if batch.records.is_empty() {
-            return Ok(());
-        }
-        let encoded = self.encode(&layout, &batch)?;
-        let bytes = encoded.bytes.clone();
-        let replaced = || Error::Sink {
-            sink: NAME,
-            message: format!(
-                "stream `{}` was prepared again while a batch was written",
-                batch.stream
-            ),
-            source: None,
-        };
-        // Buffer the rows (kept until committed), and take the open COPY
-        // out to stream them.
-        let (copy, idle, direct, stream) = {
-            let mut map = lock(&self.buffers);
-            let buf = match map.get_mut(&key) {
-                Some(buf) if Arc::ptr_eq(&buf.layout, &layout) => buf,
-                _ => return Err(replaced()),
-            };
-            if !buf.rows.push(encoded) {
-                buf.streamable = false;
-            }
-            if buf.streamable {
-                (buf.copy.take(), buf.idle.take(), buf.direct, true)
-            } else {
-                (buf.copy.take(), None, buf.direct, false)
-            }
-        };
-        let (copy, idle) = if stream {
-            (self.stream(&layout, copy, idle, direct, bytes).await, None)
-        } else {
-            // A key repeated: the COPY holds an older version; the commit
-            // sends the buffered rows.
-            match copy {
-                Some(c) => (None, c.abort().await),
-                None => (None, idle),
-            }
-        };
-        let orphan = {
-            let mut map = lock(&self.buffers);
-            match map.get_mut(&key) {
-                Some(buf) if Arc::ptr_eq(&buf.layout, &layout) => {
-                    // Without a COPY holding every row since the last
-                    // commit, the commit sends the buffered rows.
-                    if copy.is_none() {
-                        buf.streamable = false;
-                    }
-                    buf.copy = copy;
-                    if idle.is_some() {
-                        buf.idle = idle;
-                    }
-                    return Ok(());
-                }
-                _ => copy,
-            }
-        };
-        drop(orphan); // closes its connection: the server aborts the COPY
-        Err(replaced())
-    }
-
-    async fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
-        let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
-        let (layout, rows, direct, copy, streamable) = {
-            let mut map = lock(&self.buffers);
-            let buf = map.get_mut(&key).ok_or_else(|| Error::Sink {
-                sink: NAME,
-                message: format!("commit of `{}` before prepare", checkpoint.stream),
-                source: None,
-            })?;
-            let streamable = std::mem::replace(&mut buf.streamable, true);
-            (
-                buf.layout.clone(),
-                std::mem::take(&mut buf.rows),
-                buf.direct,
-                buf.copy.take(),
-                streamable,
-            )
-        };
-        let live = rows.live;
-        // Rows streamed into an open COPY are committed with it. Otherwise
-        // (nothing streamed, a key repeated, streaming failed, or a direct
-        // COPY met existing rows) the buffered rows are sent now, on a
-        // pooled connection; so they are too when the streamed commit fails
-        // on its way (a closed connection, say).
-        let mut direct = direct;
-        let mut done = None;
-        let mut idle = None;
-        if let Some(copy) = copy {
-            if streamable && live > 0 {
-                let was_direct = copy.direct;
-                match self.commit_streamed(&layout, copy, checkpoint).await {
-                    Ok(Some(conn)) => {
-                        done = Some(was_direct);
-                        idle = Some(conn);
-                    }
-                    // A direct COPY met rows already there.
-                    Ok(None) => direct = false,
-                    Err(e) => {
-                        tracing::debug!(stream = %layout.stream, error = %e, "streamed commit failed: sending the buffered rows");
-                    }
-                }
-            } else {
-                idle = copy.abort().await;
-            }
-        }
-        let result = match done {
-            Some(took_direct) => Ok(took_direct),
-            None => {
-                let payload = rows.payload();
-                self.commit_buffered(&layout, &payload, live, checkpoint, direct)
-                    .await
-            }
-        };
-        let mut map = lock(&self.buffers);
-        let current = map
-            .get_mut(&key)
-            .filter(|b| Arc::ptr_eq(&b.layout, &layout));
-        match result {
-            Ok(took_direct) => {
-                self.counters.rows.fetch_add(live, Ordering::Relaxed);
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                if took_direct {
-                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(buf) = current {
-                    // Once rows turned out to exist, stop trying the direct
-                    // path for this run.
-                    buf.direct = direct && (took_direct || live == 0);
-                    if checkpoint.complete && buf.rows.live == 0 && buf.copy.is_none() {
-                        // The run is over; its streaming connection closes.
-                        map.remove(&key);
-                    } else if buf.idle.is_none() {
-                        buf.idle = idle;
-                    }
-                }
-                Ok(())
-            }
+        self.take_lease(&ctx.tenant, &ctx.schema.name).await?;
+        match self.prepare_leased(ctx, lz4).await {
+            Ok(()) => Ok(()),
             Err(e) => {
-                // Nothing was committed: keep the rows, so a retried commit
-                // still holds them.
-                if let Some(buf) = current {
-                    let later = std::mem::replace(&mut buf.rows, rows);
-                    buf.rows.append(later);
-                    buf.streamable = false;
-                }
+                self.release_lease(&ctx.tenant, &ctx.schema.name).await;
                 Err(e)
             }
         }
+    }
+
+    async fn write(&self, batch: Batch) -> Result<()> {
+        self.write_batch(batch).await
+    }
+
+    async fn commit(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
+        let outcome = self.commit_run(checkpoint).await?;
+        if checkpoint.complete {
+            self.release_lease(&checkpoint.tenant, &checkpoint.stream)
+                .await;
+        }
+        Ok(outcome)
     }
 
     async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
@@ -1080,6 +989,7 @@ impl Sink for PostgresSink {
         if let Some(copy) = previous.and_then(|b| b.copy) {
             drop(copy.abort().await);
         }
+        self.release_lease(tenant, stream).await;
         Ok(())
     }
 
@@ -1164,5 +1074,242 @@ impl Sink for PostgresSink {
                     e,
                 )
             })
+    }
+}
+
+impl PostgresSink {
+    /// [`Sink::prepare`] once the run holds its lease.
+    async fn prepare_leased(&self, ctx: &StreamContext, lz4: bool) -> Result<()> {
+        // A new run (or a resumed one) starts from what is committed: rows
+        // buffered or streamed by an interrupted run on this instance are
+        // dropped (the engine reads them again from the checkpoint), and its
+        // open COPY ends first, so that its locks do not hold up the DDL
+        // below.
+        let previous = lock(&self.buffers).remove(&(ctx.tenant.clone(), ctx.schema.name.clone()));
+        if let Some(copy) = previous.and_then(|b| b.copy) {
+            drop(copy.abort().await);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err("cannot begin"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_key()])
+            .await
+            .map_err(pg_err("cannot lock the schema"))?;
+        let prepared =
+            layout::prepare(&tx, &self.schema, &ctx.schema, lz4, self.max_columns).await?;
+        tx.commit().await.map_err(pg_err(format!(
+            "cannot commit the table of `{}`",
+            ctx.schema.name
+        )))?;
+        drop(client);
+
+        let stream = &ctx.schema.name;
+        if prepared.created {
+            tracing::info!(stream = %stream, table = %prepared.layout.table, "created table");
+        }
+        if !prepared.added.is_empty() {
+            tracing::info!(stream = %stream, fields = ?prepared.added, "added columns");
+        }
+        if !prepared.without_column.is_empty() && self.report_once(stream, "", "budget") {
+            tracing::warn!(
+                stream = %stream,
+                fields = prepared.without_column.len(),
+                max_columns = self.max_columns,
+                "the stream's table is at its column budget: these fields have no typed column; their values are in _record"
+            );
+        }
+        for change in &prepared.type_changes {
+            if self.report_once(stream, &change.field, "type") {
+                self.counters.type_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    stream = %stream,
+                    field = %change.field,
+                    column_type = layout::sql_type(change.column_type),
+                    declared_type = layout::sql_type(change.field_type),
+                    "field type changed: the column keeps its type; values that no longer fit are NULL there and kept in _record"
+                );
+            }
+        }
+        // Rows of a full refresh are new when the tenant has none yet (a
+        // first sync) or when they follow a checkpoint (a resumed run); then
+        // COPY straight into the table is tried first.
+        let direct = self.optimistic_copy
+            && ctx.full_refresh
+            && (ctx.resume.is_some() || !self.has_rows(&prepared.layout, &ctx.tenant).await?);
+        let raced = lock(&self.buffers).insert(
+            (ctx.tenant.clone(), stream.clone()),
+            Buffer {
+                layout: Arc::new(prepared.layout),
+                rows: Rows::default(),
+                direct,
+                copy: None,
+                idle: None,
+                streamable: true,
+            },
+        );
+        // Another prepare of the same stream ran meanwhile: its run is over.
+        drop(raced);
+        Ok(())
+    }
+
+    async fn write_batch(&self, batch: Batch) -> Result<()> {
+        let key = (batch.tenant.clone(), batch.stream.clone());
+        let layout = lock(&self.buffers)
+            .get(&key)
+            .map(|b| b.layout.clone())
+            .ok_or_else(|| Error::Sink {
+                sink: NAME,
+                message: format!("write to `{}` before prepare", batch.stream),
+                source: None,
+            })?;
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        let encoded = self.encode(&layout, &batch)?;
+        let bytes = encoded.bytes.clone();
+        let replaced = || Error::Sink {
+            sink: NAME,
+            message: format!(
+                "stream `{}` was prepared again while a batch was written",
+                batch.stream
+            ),
+            source: None,
+        };
+        // Buffer the rows (kept until committed), and take the open COPY
+        // out to stream them.
+        let (copy, idle, direct, stream) = {
+            let mut map = lock(&self.buffers);
+            let buf = match map.get_mut(&key) {
+                Some(buf) if Arc::ptr_eq(&buf.layout, &layout) => buf,
+                _ => return Err(replaced()),
+            };
+            if !buf.rows.push(encoded) {
+                buf.streamable = false;
+            }
+            if buf.streamable {
+                (buf.copy.take(), buf.idle.take(), buf.direct, true)
+            } else {
+                (buf.copy.take(), None, buf.direct, false)
+            }
+        };
+        let (copy, idle) = if stream {
+            (self.stream(&layout, copy, idle, direct, bytes).await, None)
+        } else {
+            // A key repeated: the COPY holds an older version; the commit
+            // sends the buffered rows.
+            match copy {
+                Some(c) => (None, c.abort().await),
+                None => (None, idle),
+            }
+        };
+        let orphan = {
+            let mut map = lock(&self.buffers);
+            match map.get_mut(&key) {
+                Some(buf) if Arc::ptr_eq(&buf.layout, &layout) => {
+                    // Without a COPY holding every row since the last
+                    // commit, the commit sends the buffered rows.
+                    if copy.is_none() {
+                        buf.streamable = false;
+                    }
+                    buf.copy = copy;
+                    if idle.is_some() {
+                        buf.idle = idle;
+                    }
+                    return Ok(());
+                }
+                _ => copy,
+            }
+        };
+        drop(orphan); // closes its connection: the server aborts the COPY
+        Err(replaced())
+    }
+
+    async fn commit_run(&self, checkpoint: &Checkpoint) -> Result<PruneOutcome> {
+        let key = (checkpoint.tenant.clone(), checkpoint.stream.clone());
+        let (layout, rows, direct, copy, streamable) = {
+            let mut map = lock(&self.buffers);
+            let buf = map.get_mut(&key).ok_or_else(|| Error::Sink {
+                sink: NAME,
+                message: format!("commit of `{}` before prepare", checkpoint.stream),
+                source: None,
+            })?;
+            let streamable = std::mem::replace(&mut buf.streamable, true);
+            (
+                buf.layout.clone(),
+                std::mem::take(&mut buf.rows),
+                buf.direct,
+                buf.copy.take(),
+                streamable,
+            )
+        };
+        let live = rows.live;
+        // Rows streamed into an open COPY are committed with it. Otherwise
+        // (nothing streamed, a key repeated, streaming failed, or a direct
+        // COPY met existing rows) the buffered rows are sent now, on a
+        // pooled connection; so they are too when the streamed commit fails
+        // on its way (a closed connection, say).
+        let mut direct = direct;
+        let mut done = None;
+        let mut idle = None;
+        if let Some(copy) = copy {
+            if streamable && live > 0 {
+                let was_direct = copy.direct;
+                match self.commit_streamed(&layout, copy, checkpoint).await {
+                    Ok(Some((conn, outcome))) => {
+                        done = Some((was_direct, outcome));
+                        idle = Some(conn);
+                    }
+                    // A direct COPY met rows already there.
+                    Ok(None) => direct = false,
+                    Err(e) => {
+                        tracing::debug!(stream = %layout.stream, error = %e, "streamed commit failed: sending the buffered rows");
+                    }
+                }
+            } else {
+                idle = copy.abort().await;
+            }
+        }
+        let result = match done {
+            Some(done) => Ok(done),
+            None => {
+                let payload = rows.payload();
+                self.commit_buffered(&layout, &payload, live, checkpoint, direct)
+                    .await
+            }
+        };
+        let mut map = lock(&self.buffers);
+        let current = map
+            .get_mut(&key)
+            .filter(|b| Arc::ptr_eq(&b.layout, &layout));
+        match result {
+            Ok((took_direct, outcome)) => {
+                self.counters.rows.fetch_add(live, Ordering::Relaxed);
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                if took_direct {
+                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(buf) = current {
+                    // Once rows turned out to exist, stop trying the direct
+                    // path for this run.
+                    buf.direct = direct && (took_direct || live == 0);
+                    if checkpoint.complete && buf.rows.live == 0 && buf.copy.is_none() {
+                        // The run is over; its streaming connection closes.
+                        map.remove(&key);
+                    } else if buf.idle.is_none() {
+                        buf.idle = idle;
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Nothing was committed: keep the rows, so a retried commit
+                // still holds them.
+                if let Some(buf) = current {
+                    let later = std::mem::replace(&mut buf.rows, rows);
+                    buf.rows.append(later);
+                    buf.streamable = false;
+                }
+                Err(e)
+            }
+        }
     }
 }
