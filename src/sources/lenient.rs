@@ -1,0 +1,254 @@
+//! Decoding a page record by record, so one bad record does not fail the
+//! page (and with it the stream, at the same checkpoint on every run).
+//!
+//! [`decode_page`] first decodes the page as it always did, in one pass: a
+//! page without a bad record costs what it cost before. Only a page that
+//! fails is decoded again, in two steps: the envelope (cursor, totals) with
+//! each record kept as a borrowed [`RawValue`], then each record on its own.
+//! A record that fails becomes a [`Rejected`] with its exact bytes and the
+//! JSON path of the failure; the envelope and the other records survive.
+//!
+//! What each kind of bad record does to the envelope step:
+//! - an unpaired surrogate (`"\ud800"`): `RawValue` skips escapes without
+//!   checking the code point, so only the record's own decode fails;
+//! - nesting past `serde_json`'s recursion limit (128): skipping a value is
+//!   iterative and has no limit, so only the record's own decode fails;
+//! - invalid UTF-8: `RawValue` refuses it, so each invalid byte (always
+//!   `>= 0x80`, never JSON syntax) is replaced by `?` in a copy of the body
+//!   of the same length; a record's offsets in the copy are its offsets in
+//!   the body, so its original bytes are kept. A replaced byte outside every
+//!   record (in a cursor) fails the page: the envelope cannot be trusted.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::source::Rejected;
+use crate::{Error, Result};
+
+/// A page body on its way to being decoded record by record.
+pub(crate) struct RawPage<'a> {
+    /// The bytes the envelope is parsed from: the body, or a copy of it with
+    /// each invalid UTF-8 byte replaced by `?`.
+    text: &'a [u8],
+    /// The body as received.
+    body: &'a [u8],
+    /// Offsets of the replaced bytes, ascending.
+    invalid: &'a [usize],
+    /// The byte ranges of the records seen (kept only when bytes were
+    /// replaced, to find replacements outside every record).
+    covered: RefCell<Vec<Range<usize>>>,
+    rejected: RefCell<Vec<Rejected>>,
+}
+
+impl<'a> RawPage<'a> {
+    /// The bytes to parse the envelope from (with each record as a borrowed
+    /// [`RawValue`]).
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.text
+    }
+
+    /// Decodes one record of the page. A record that does not decode is
+    /// kept as [`Rejected`] (its bytes as received, the path `at` names plus
+    /// the path inside it) and `None` is returned.
+    pub(crate) fn record<T: DeserializeOwned>(
+        &self,
+        raw: &RawValue,
+        at: impl FnOnce() -> String,
+    ) -> Option<T> {
+        let text = raw.get();
+        let range = self.range_of(text);
+        if !self.invalid.is_empty() {
+            self.covered.borrow_mut().push(range.clone());
+            let first = self.invalid.partition_point(|&i| i < range.start);
+            if let Some(&bad) = self.invalid.get(first).filter(|&&i| i < range.end) {
+                let byte = self.body.get(bad).copied().unwrap_or_default();
+                self.reject(
+                    &range,
+                    at(),
+                    format!(
+                        "invalid UTF-8: byte 0x{byte:02x} at offset {} of the record",
+                        bad - range.start
+                    ),
+                );
+                return None;
+            }
+        }
+        if let Ok(v) = serde_json::from_str(text) {
+            return Some(v);
+        }
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let (inner, message) = match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(v) => return Some(v),
+            Err(e) => (e.path().to_string(), e.inner().to_string()),
+        };
+        let at = at();
+        let path = match inner.as_str() {
+            "" | "." => at,
+            p if p.starts_with('[') => format!("{at}{p}"),
+            p => format!("{at}.{p}"),
+        };
+        self.reject(&range, path, message);
+        None
+    }
+
+    fn reject(&self, range: &Range<usize>, path: String, error: String) {
+        let raw = self.body.get(range.clone()).unwrap_or_default().to_vec();
+        self.rejected
+            .borrow_mut()
+            .push(Rejected::new(raw, path, error));
+    }
+
+    /// Where `text` (borrowed from [`RawPage::bytes`]) sits in the body.
+    fn range_of(&self, text: &str) -> Range<usize> {
+        let start = (text.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        match start.checked_add(text.len()) {
+            Some(end) if end <= self.text.len() => start..end,
+            _ => 0..0,
+        }
+    }
+}
+
+/// Decodes a page: `fast` decodes the whole body at once (today's decoder);
+/// when it fails, `lenient` decodes the envelope from [`RawPage::bytes`]
+/// with each record raw and each record with [`RawPage::record`]. Returns
+/// what was decoded and the records that could not be. When the envelope
+/// itself cannot be decoded, the page fails with `strict()` (the error the
+/// one-pass decoder names, with its path).
+pub(crate) fn decode_page<R>(
+    body: &[u8],
+    fast: impl FnOnce(&[u8]) -> serde_json::Result<R>,
+    lenient: impl FnOnce(&RawPage<'_>) -> serde_json::Result<R>,
+    strict: impl FnOnce() -> Error,
+) -> Result<(R, Vec<Rejected>)> {
+    if let Ok(r) = fast(body) {
+        return Ok((r, Vec::new()));
+    }
+    let mut invalid = Vec::new();
+    let text: Cow<'_, [u8]> = if std::str::from_utf8(body).is_ok() {
+        Cow::Borrowed(body)
+    } else {
+        let mut copy = body.to_vec();
+        let mut at = 0;
+        while let Err(e) = std::str::from_utf8(&copy[at..]) {
+            let start = at + e.valid_up_to();
+            let end = e
+                .error_len()
+                .map_or(copy.len(), |n| start.saturating_add(n).min(copy.len()));
+            for (i, b) in copy.iter_mut().enumerate().take(end).skip(start) {
+                *b = b'?';
+                invalid.push(i);
+            }
+            at = end;
+        }
+        Cow::Owned(copy)
+    };
+    let page = RawPage {
+        text: &text,
+        body,
+        invalid: &invalid,
+        covered: RefCell::new(Vec::new()),
+        rejected: RefCell::new(Vec::new()),
+    };
+    let Ok(r) = lenient(&page) else {
+        return Err(strict());
+    };
+    if !invalid.is_empty() {
+        let covered = page.covered.borrow();
+        if !invalid
+            .iter()
+            .all(|i| covered.iter().any(|r| r.contains(i)))
+        {
+            return Err(strict());
+        }
+    }
+    Ok((r, page.rejected.into_inner()))
+}
+
+/// Fails with the first of `rejected` as an [`Error::Decode`] (the typed
+/// SDK's answers stay strict: a caller asked for every item).
+pub(crate) fn refuse(provider: &'static str, what: &str, rejected: Vec<Rejected>) -> Result<()> {
+    match rejected.into_iter().next() {
+        None => Ok(()),
+        Some(r) => Err(Error::Decode {
+            provider,
+            what: what.to_owned(),
+            path: r.path,
+            message: r.error,
+        }),
+    }
+}
+
+/// The error a strict decode of `body` as `T` gives (with its JSON path),
+/// for [`decode_page`]'s `strict`.
+pub(crate) fn strict_error<T: DeserializeOwned>(
+    provider: &'static str,
+    what: impl FnOnce() -> String,
+    body: &[u8],
+) -> Error {
+    match Error::decode::<T>(provider, what, body) {
+        Err(e) => e,
+        // Decodable as a whole but not record by record: name the page.
+        Ok(_) => Error::Decode {
+            provider,
+            what: "page".into(),
+            path: ".".into(),
+            message: "the page decodes as a whole but not record by record".into(),
+        },
+    }
+}
+
+/// An optional time where the provider may send `null`, `""` or blanks for
+/// "none" (`HubSpot` `archivedAt`, Constant Contact dates): those are `None`;
+/// any other text must be a date-time.
+pub(crate) fn opt_time<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<DateTime<Utc>>, D::Error> {
+    d.deserialize_option(OptTime(std::marker::PhantomData))
+}
+
+struct OptTime<'de>(std::marker::PhantomData<&'de ()>);
+
+impl<'de> serde::de::Visitor<'de> for OptTime<'de> {
+    type Value = Option<DateTime<Utc>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a date-time, null or an empty string")
+    }
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.parse::<DateTime<Utc>>().map(Some).map_err(E::custom)
+    }
+}
+
+/// Any optional value where the provider may send `""` for "none" (Constant
+/// Contact custom field values, numbers sent as blank text): `null`, `""`
+/// and blanks are `None`; anything else must decode as `T`.
+pub(crate) fn blank_as_none<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
