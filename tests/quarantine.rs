@@ -186,3 +186,79 @@ async fn hubspot_a_bad_record_is_quarantined_and_the_stream_goes_on() {
             .is_empty());
     }
 }
+
+// --- Constant Contact ------------------------------------------------------
+
+mod cc {
+    use super::*;
+    use headwater::constant_contact::{ConstantContact, ConstantContactSource, STREAM_CONTACTS};
+    use headwater::testkit::constant_contact::{ConstantContactFake, FakeConfig};
+
+    fn source(fake: &ConstantContactFake) -> Arc<ConstantContactSource> {
+        let cc = ConstantContact::builder()
+            .access_token("cc-fake-token".into())
+            .base_url(fake.base_url())
+            .retry(retry())
+            .accepted_retry(retry())
+            .limits(Limits::none())
+            .build()
+            .expect("client");
+        Arc::new(ConstantContactSource::new(cc).with_settle_lag(Duration::ZERO))
+    }
+
+    #[tokio::test]
+    async fn constant_contact_a_bad_record_is_quarantined_and_the_stream_goes_on() {
+        for kind in KINDS {
+            let fake = ConstantContactFake::start(FakeConfig {
+                contacts: 1_200,
+                ..FakeConfig::default()
+            })
+            .await;
+            fake.bad_record("contacts", 1, kind);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+            let run = || {
+                Sync::new(source(&fake), sink.clone())
+                    .tenant("acme")
+                    .streams([STREAM_CONTACTS])
+            };
+            let first = run().run().await;
+            let s = &first.streams[0];
+            let mut truth: HashSet<String> = fake.contact_ids(false).into_iter().collect();
+            truth.extend(fake.contact_ids(true));
+            assert_eq!(s.records as usize, truth.len() - 1, "{kind:?}");
+            let landed = ids(&sink.data_path("acme", STREAM_CONTACTS), "contact_id");
+            let q = sink
+                .quarantined("acme", STREAM_CONTACTS)
+                .await
+                .expect("quarantine");
+            check_quarantined(kind, s, &q, &landed, &truth);
+            assert!(q[0].path.starts_with("contacts[3]"), "{}", q[0].path);
+
+            let second = run().run().await;
+            assert!(second.is_success(), "{second:#?}");
+            assert_eq!(second.streams[0].mode, ReadMode::Incremental);
+            assert_eq!(second.streams[0].quarantined, 0);
+
+            let dir = tempfile::tempdir().expect("tempdir");
+            let strict_sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+            let strict = Sync::new(source(&fake), strict_sink.clone())
+                .tenant("acme")
+                .streams([STREAM_CONTACTS])
+                .strict(true)
+                .run()
+                .await;
+            match strict.streams[0].error.as_deref() {
+                Some(Error::Decode { path, .. }) => {
+                    assert!(path.starts_with("contacts[3]"), "{kind:?}: {path}")
+                }
+                other => panic!("{kind:?}: expected Decode, got {other:?}"),
+            }
+            assert!(strict_sink
+                .quarantined("acme", STREAM_CONTACTS)
+                .await
+                .expect("q")
+                .is_empty());
+        }
+    }
+}

@@ -236,19 +236,12 @@ impl<'de> serde::de::Visitor<'de> for OptTime<'de> {
     }
 }
 
-/// Any optional value where the provider may send `""` for "none" (Constant
-/// Contact custom field values, numbers sent as blank text): `null`, `""`
-/// and blanks are `None`; anything else must decode as `T`.
-pub(crate) fn blank_as_none<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+/// A value where the provider may send `null` for "none": `null` is the
+/// type's default (an empty text).
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: DeserializeOwned,
+    T: Deserialize<'de> + Default,
 {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(v) => T::deserialize(v)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }

@@ -77,15 +77,19 @@ impl BadRecord {
     /// The bad value as JSON text, with `"hw_bad":` in front: a member to
     /// insert into a JSON object.
     pub(crate) fn member(self) -> String {
-        let value = match self {
+        format!("\"hw_bad\":{}", self.value_json())
+    }
+
+    /// The bad value as JSON text.
+    pub(crate) fn value_json(self) -> String {
+        match self {
             BadRecord::InvalidUtf8 => {
                 INVALID_UTF8_ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
                 format!("\"caf{INVALID_UTF8_MARK}\"")
             }
             BadRecord::LoneSurrogate => "\"\\ud800 alone\"".to_owned(),
             BadRecord::DeepNesting => format!("{}{}", "[".repeat(200), "]".repeat(200)),
-        };
-        format!("\"hw_bad\":{value}")
+        }
     }
 
     /// Inserts the bad member as the first member of the object that starts
