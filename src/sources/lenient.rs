@@ -245,3 +245,135 @@ where
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Rec {
+        id: String,
+        name: String,
+        #[serde(default, deserialize_with = "opt_time")]
+        at: Option<DateTime<Utc>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Env<T> {
+        results: Vec<T>,
+        #[serde(default)]
+        next: Option<String>,
+    }
+
+    fn decode(body: &[u8]) -> Result<((Vec<Rec>, Option<String>), Vec<Rejected>)> {
+        decode_page(
+            body,
+            |b| serde_json::from_slice::<Env<Rec>>(b).map(|e| (e.results, e.next)),
+            |page| {
+                let env: Env<&RawValue> = serde_json::from_slice(page.bytes())?;
+                let items = env
+                    .results
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| page.record(r, || format!("results[{i}]")))
+                    .collect();
+                Ok((items, env.next))
+            },
+            || strict_error::<Env<Rec>>("test", || "page".into(), body),
+        )
+    }
+
+    fn page(bad: &[u8]) -> Vec<u8> {
+        let mut b = br#"{"results":[{"id":"1","name":"a"},"#.to_vec();
+        b.extend_from_slice(bad);
+        b.extend_from_slice(br#",{"id":"3","name":"c"}],"next":"n2"}"#);
+        b
+    }
+
+    fn one_rejected(bad: &[u8]) -> Rejected {
+        let ((items, next), rejected) = decode(&page(bad)).expect("the page survives");
+        assert_eq!(
+            items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["1", "3"]
+        );
+        assert_eq!(next.as_deref(), Some("n2"));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].raw, bad, "the exact bytes");
+        rejected[0].clone()
+    }
+
+    #[test]
+    fn a_record_with_invalid_utf8_is_rejected_with_its_bytes() {
+        let r = one_rejected(b"{\"id\":\"2\",\"name\":\"caf\xff\xfe\"}");
+        assert_eq!(r.path, "results[1]");
+        assert!(r.error.contains("invalid UTF-8"), "{}", r.error);
+    }
+
+    #[test]
+    fn a_record_with_an_unpaired_surrogate_is_rejected_with_its_path() {
+        let r = one_rejected(br#"{"id":"2","name":"\ud800"}"#);
+        assert_eq!(r.path, "results[1].name");
+    }
+
+    #[test]
+    fn a_record_nested_past_the_recursion_limit_is_rejected() {
+        let bad = format!(
+            r#"{{"id":"2","name":"b","deep":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let r = one_rejected(bad.as_bytes());
+        assert!(r.error.contains("recursion limit"), "{}", r.error);
+    }
+
+    #[test]
+    fn a_record_of_the_wrong_shape_is_rejected_with_its_path() {
+        let r = one_rejected(br#"{"id":"2","name":7}"#);
+        assert_eq!(r.path, "results[1].name");
+    }
+
+    #[test]
+    fn blank_and_null_times_are_none_and_other_text_must_be_a_time() {
+        let ((items, _), rejected) = decode(&page(
+            br#"{"id":"2","name":"b","at":""},{"id":"4","name":"d","at":null},{"id":"5","name":"e","at":"2024-01-02T03:04:05Z"},{"id":"6","name":"f","at":"soon"}"#,
+        ))
+        .expect("decode");
+        let ids: Vec<_> = items
+            .iter()
+            .map(|r| (r.id.as_str(), r.at.is_some()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("1", false),
+                ("2", false),
+                ("4", false),
+                ("5", true),
+                ("3", false)
+            ]
+        );
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].path, "results[4].at");
+    }
+
+    #[test]
+    fn a_bad_envelope_fails_the_page() {
+        // Invalid UTF-8 in the cursor: the envelope cannot be trusted.
+        let body = b"{\"results\":[{\"id\":\"1\",\"name\":\"a\"}],\"next\":\"n\xff\"}";
+        assert!(matches!(decode(body), Err(Error::Decode { .. })));
+        // A missing list.
+        let err = decode(br#"{"next":"n"}"#).expect_err("fails");
+        match err {
+            Error::Decode { path, .. } => assert_eq!(path, "."),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_good_page_decodes_in_one_pass() {
+        let ((items, next), rejected) =
+            decode(br#"{"results":[{"id":"1","name":"a"}],"next":null}"#).expect("decode");
+        assert_eq!(items.len(), 1);
+        assert!(next.is_none() && rejected.is_empty());
+    }
+}

@@ -1772,7 +1772,13 @@ pub async fn quarantine_round_trips(
         ),
     ];
     let second = vec![
-        record(&tenant, b"{\"id\":\"3\",\"n\":\"\0\"}", "results[7]", Value::Null, 2),
+        record(
+            &tenant,
+            b"{\"id\":\"3\",\"n\":\"\0\"}",
+            "results[7]",
+            Value::Null,
+            2,
+        ),
         record(&other, b"{}", "results[0]", json!(1), 3),
     ];
     c.call("store quarantined records", sink.quarantine(&first))
