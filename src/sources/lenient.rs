@@ -256,6 +256,9 @@ mod tests {
         name: String,
         #[serde(default, deserialize_with = "opt_time")]
         at: Option<DateTime<Utc>>,
+        /// Any JSON (a field skipped as unknown is never too deep).
+        #[serde(default)]
+        deep: Option<serde_json::Value>,
     }
 
     #[derive(Deserialize)]
