@@ -624,6 +624,14 @@ impl Sync {
             let mut since_commit = 0usize;
             let mut last_state: Option<StreamState> = None;
             while let Some((extracted_at, page)) = rx.recv().await {
+                // Strict: an undecodable record fails the stream as a
+                // source error does (the pages before it are committed).
+                let page = match page {
+                    Ok(page) if self.strict && !page.rejected.is_empty() => {
+                        Err(self.strict_error(stream, &page.rejected[0]))
+                    }
+                    other => other,
+                };
                 let page = match page {
                     Ok(page) => page,
                     Err(e) => {
@@ -717,8 +725,17 @@ impl Sync {
         written
     }
 
-    /// Quarantines a page's undecodable records, or in strict mode fails
-    /// the stream on the first.
+    /// The error of a strict sync on an undecodable record.
+    fn strict_error(&self, stream: &str, r: &crate::source::Rejected) -> Error {
+        Error::Decode {
+            provider: self.source.provider(),
+            what: format!("{stream} page"),
+            path: r.path.clone(),
+            message: r.error.clone(),
+        }
+    }
+
+    /// Quarantines a page's undecodable records in the sink.
     async fn quarantine(
         &self,
         stream: &str,
@@ -726,17 +743,6 @@ impl Sync {
         position: &StreamState,
         rejected: Vec<crate::source::Rejected>,
     ) -> Result<()> {
-        if self.strict {
-            if let Some(r) = rejected.into_iter().next() {
-                return Err(Error::Decode {
-                    provider: self.source.provider(),
-                    what: format!("{stream} page"),
-                    path: r.path,
-                    message: r.error,
-                });
-            }
-            return Ok(());
-        }
         let records: Vec<QuarantinedRecord> = rejected
             .into_iter()
             .map(|r| QuarantinedRecord::new(&self.tenant, stream, sync_id, position.clone(), r))
