@@ -268,7 +268,9 @@ mod tests {
         next: Option<String>,
     }
 
-    fn decode(body: &[u8]) -> Result<((Vec<Rec>, Option<String>), Vec<Rejected>)> {
+    type Decoded = ((Vec<Rec>, Option<String>), Vec<Rejected>);
+
+    fn decode(body: &[u8]) -> Result<Decoded> {
         decode_page(
             body,
             |b| serde_json::from_slice::<Env<Rec>>(b).map(|e| (e.results, e.next)),

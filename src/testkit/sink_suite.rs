@@ -1681,50 +1681,6 @@ pub async fn bulk_100k_rows(
         .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn typed_values_compare_by_meaning() {
-        assert!(typed_equal(FieldType::Number, &json!(1.5), &json!(1.50)));
-        assert!(typed_equal(FieldType::Number, &json!("2"), &json!(2)));
-        assert!(!typed_equal(FieldType::Number, &json!("n/a"), &json!(null)));
-        assert!(typed_equal(
-            FieldType::Timestamp,
-            &json!("2024-03-01T10:00:00.123Z"),
-            &json!("2024-03-01T11:00:00.123+01:00")
-        ));
-        assert!(typed_equal(FieldType::String, &json!(12), &json!("12")));
-        assert!(!typed_equal(FieldType::String, &json!("a"), &json!("A")));
-    }
-
-    #[test]
-    fn the_model_accepts_metadata_of_any_identical_write() {
-        let mut m = Model::default();
-        let r = typed_record(1, 1);
-        let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
-        let (t1, t2) = (now(), now() + chrono::Duration::seconds(1));
-        m.write(std::slice::from_ref(&r), s1, t1);
-        m.write(std::slice::from_ref(&r), s2, t2);
-        let row = |s: Uuid, t: DateTime<Utc>| {
-            let mut row = r.data.clone();
-            row.insert("_tenant_id".into(), json!("t"));
-            row.insert("_sync_id".into(), json!(s.to_string()));
-            row.insert("_extracted_at".into(), json!(t.to_rfc3339()));
-            row.insert("_deleted".into(), json!(false));
-            row
-        };
-        assert!(m.compare("t", &[row(s1, t1)]).is_empty());
-        assert!(m.compare("t", &[row(s2, t2)]).is_empty());
-        assert!(!m.compare("t", &[row(s1, t2)]).is_empty());
-        assert!(!m.compare("u", &[row(s1, t1)]).is_empty());
-        // A different version resets the acceptable writes.
-        m.write(&[typed_record(1, 2)], s2, t2);
-        assert!(!m.compare("t", &[row(s1, t1)]).is_empty());
-    }
-}
-
 /// Records the sync could not decode are stored by [`Sink::quarantine`] and
 /// returned by [`Sink::quarantined`] exactly: bytes that are not UTF-8, NUL,
 /// an unpaired surrogate escape and quotes come back byte for byte, with the
@@ -1825,4 +1781,48 @@ pub async fn quarantine_round_trips(
         return Err(c.fail(format!("a stream never quarantined: {none:#?}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_values_compare_by_meaning() {
+        assert!(typed_equal(FieldType::Number, &json!(1.5), &json!(1.50)));
+        assert!(typed_equal(FieldType::Number, &json!("2"), &json!(2)));
+        assert!(!typed_equal(FieldType::Number, &json!("n/a"), &json!(null)));
+        assert!(typed_equal(
+            FieldType::Timestamp,
+            &json!("2024-03-01T10:00:00.123Z"),
+            &json!("2024-03-01T11:00:00.123+01:00")
+        ));
+        assert!(typed_equal(FieldType::String, &json!(12), &json!("12")));
+        assert!(!typed_equal(FieldType::String, &json!("a"), &json!("A")));
+    }
+
+    #[test]
+    fn the_model_accepts_metadata_of_any_identical_write() {
+        let mut m = Model::default();
+        let r = typed_record(1, 1);
+        let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
+        let (t1, t2) = (now(), now() + chrono::Duration::seconds(1));
+        m.write(std::slice::from_ref(&r), s1, t1);
+        m.write(std::slice::from_ref(&r), s2, t2);
+        let row = |s: Uuid, t: DateTime<Utc>| {
+            let mut row = r.data.clone();
+            row.insert("_tenant_id".into(), json!("t"));
+            row.insert("_sync_id".into(), json!(s.to_string()));
+            row.insert("_extracted_at".into(), json!(t.to_rfc3339()));
+            row.insert("_deleted".into(), json!(false));
+            row
+        };
+        assert!(m.compare("t", &[row(s1, t1)]).is_empty());
+        assert!(m.compare("t", &[row(s2, t2)]).is_empty());
+        assert!(!m.compare("t", &[row(s1, t2)]).is_empty());
+        assert!(!m.compare("u", &[row(s1, t1)]).is_empty());
+        // A different version resets the acceptable writes.
+        m.write(&[typed_record(1, 2)], s2, t2);
+        assert!(!m.compare("t", &[row(s1, t1)]).is_empty());
+    }
 }
