@@ -1,6 +1,8 @@
 //! The `Sink` trait: where records land, with the sync state committed
 //! together with the data it covers.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -253,6 +255,167 @@ impl Batch {
     }
 }
 
+/// A record the sync could not decode, as a sink keeps it in its
+/// quarantine (dead-letter table or file) instead of failing the stream:
+/// the bytes as the provider sent them, why they failed, and where.
+///
+/// Stored (and returned by [`Sink::quarantined`]) as: `tenant`, `stream`,
+/// `sync_id`, `position` (the checkpoint of the page that carried the
+/// record, as JSON text), `raw` (the bytes as text, invalid UTF-8 and NUL
+/// replaced by U+FFFD), `raw_base64` (the exact bytes, set only when `raw`
+/// is not them), `path`, `error`, `quarantined_at`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QuarantinedRecord {
+    /// The tenant.
+    pub tenant: String,
+    /// The stream.
+    pub stream: String,
+    /// The sync run that read it.
+    pub sync_id: Uuid,
+    /// The checkpoint of the page that carried the record: reading from the
+    /// state before it reads the record again.
+    pub position: StreamState,
+    /// The record's bytes, exactly as received.
+    pub raw: Vec<u8>,
+    /// The JSON path of the failure from the page's root.
+    pub path: String,
+    /// The decoder's message.
+    pub error: String,
+    /// When it was quarantined.
+    pub quarantined_at: DateTime<Utc>,
+}
+
+impl QuarantinedRecord {
+    /// A record of `tenant`'s `stream` that `rejected` describes, quarantined now.
+    pub fn new(
+        tenant: impl Into<String>,
+        stream: impl Into<String>,
+        sync_id: Uuid,
+        position: StreamState,
+        rejected: crate::source::Rejected,
+    ) -> Self {
+        QuarantinedRecord {
+            tenant: tenant.into(),
+            stream: stream.into(),
+            sync_id,
+            position,
+            raw: rejected.raw,
+            path: rejected.path,
+            error: rejected.error,
+            quarantined_at: Utc::now(),
+        }
+    }
+
+    /// The bytes as text: invalid UTF-8 and NUL (which Postgres `text`
+    /// refuses) replaced by U+FFFD.
+    pub fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).replace('\0', "\u{fffd}")
+    }
+
+    /// The exact bytes in base64 when [`QuarantinedRecord::raw_text`] is not
+    /// them, else `None`.
+    pub fn raw_base64(&self) -> Option<String> {
+        use base64::Engine as _;
+        let exact = std::str::from_utf8(&self.raw).is_ok_and(|s| !s.contains('\0'));
+        (!exact).then(|| base64::engine::general_purpose::STANDARD.encode(&self.raw))
+    }
+
+    /// The stored form: one JSON object with the fields named in the type's
+    /// docs (a line of the files sink, of an object store's quarantine).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tenant": clean_text(&self.tenant),
+            "stream": clean_text(&self.stream),
+            "sync_id": self.sync_id,
+            "position": self.position_text(),
+            "raw": self.raw_text(),
+            "raw_base64": self.raw_base64(),
+            "path": clean_text(&self.path),
+            "error": clean_text(&self.error),
+            "quarantined_at": self.quarantined_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        })
+    }
+
+    /// The record from its stored form ([`QuarantinedRecord::to_json`]).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Stored {
+            tenant: String,
+            stream: String,
+            sync_id: Uuid,
+            position: String,
+            raw: String,
+            #[serde(default)]
+            raw_base64: Option<String>,
+            path: String,
+            error: String,
+            quarantined_at: DateTime<Utc>,
+        }
+        let s = Stored::deserialize(v)
+            .map_err(|e| crate::Error::state("unreadable quarantined record", e))?;
+        Self::from_stored(
+            s.tenant,
+            s.stream,
+            s.sync_id,
+            &s.position,
+            s.raw,
+            s.raw_base64,
+            s.path,
+            s.error,
+            s.quarantined_at,
+        )
+    }
+
+    /// The position as JSON text (`text` columns take it whatever it holds).
+    pub(crate) fn position_text(&self) -> String {
+        serde_json::to_string(&self.position).unwrap_or_else(|_| "null".into())
+    }
+
+    /// The record from its stored columns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_stored(
+        tenant: String,
+        stream: String,
+        sync_id: Uuid,
+        position: &str,
+        raw: String,
+        raw_base64: Option<String>,
+        path: String,
+        error: String,
+        quarantined_at: DateTime<Utc>,
+    ) -> Result<Self> {
+        use base64::Engine as _;
+        let raw = match raw_base64 {
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| crate::Error::state("unreadable quarantined record bytes", e))?,
+            None => raw.into_bytes(),
+        };
+        let position = serde_json::from_str(position)
+            .map_err(|e| crate::Error::state("unreadable quarantined record position", e))?;
+        Ok(QuarantinedRecord {
+            tenant,
+            stream,
+            sync_id,
+            position,
+            raw,
+            path,
+            error,
+            quarantined_at,
+        })
+    }
+}
+
+/// Text a `text` column takes: NUL replaced by U+FFFD.
+pub(crate) fn clean_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// A destination for records.
 ///
 /// The engine calls, per tenant and stream: [`Sink::load_state`], then
@@ -305,6 +468,31 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
         let _ = (tenant, stream);
         Ok(())
+    }
+
+    /// Stores records the sync could not decode in the sink's quarantine
+    /// (its dead-letter table or file), durably before it returns: the
+    /// engine calls it before it writes the page that carried them, so they
+    /// are stored before that page's checkpoint is committed. A crash before
+    /// the commit reads them again, so a record may be stored twice. The
+    /// default refuses, so a sink without a quarantine fails the stream
+    /// rather than lose a record.
+    async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        Err(crate::Error::Config(format!(
+            "the {} sink has no quarantine for {} undecodable record(s)",
+            self.name(),
+            records.len()
+        )))
+    }
+
+    /// The records in a tenant's stream's quarantine, oldest first. The
+    /// default says the sink has none.
+    async fn quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        let _ = (tenant, stream);
+        Err(crate::Error::Config(format!(
+            "the {} sink has no quarantine",
+            self.name()
+        )))
     }
 
     /// The keys of the live (not deleted) records the sink holds for a

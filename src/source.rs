@@ -66,6 +66,10 @@ pub struct Page {
     /// Completeness checks of the windows (or listings) this page finished:
     /// what the provider said a window holds against what was read.
     pub counts: Vec<CountCheck>,
+    /// Records of this page that could not be decoded, kept raw: the engine
+    /// quarantines them in the sink (or, with [`crate::sync::Sync::strict`],
+    /// fails the stream on them) before it commits the page's checkpoint.
+    pub rejected: Vec<Rejected>,
 }
 
 impl Page {
@@ -75,13 +79,50 @@ impl Page {
             records,
             checkpoint,
             counts: Vec::new(),
+            rejected: Vec::new(),
         }
+    }
+
+    /// Adds records of this page that could not be decoded.
+    pub fn with_rejected(mut self, rejected: Vec<Rejected>) -> Self {
+        self.rejected.extend(rejected);
+        self
     }
 
     /// Adds the completeness check of a window this page finished.
     pub fn with_count(mut self, check: CountCheck) -> Self {
         self.counts.push(check);
         self
+    }
+}
+
+/// A record a source read but could not decode (invalid UTF-8, an unpaired
+/// surrogate, nesting deeper than the decoder allows, a value of the wrong
+/// type): its bytes exactly as the provider sent them, and why.
+///
+/// A source reports it on its [`Page`] instead of failing the page, so one
+/// bad record does not stop the stream at the same checkpoint on every run;
+/// the engine hands it to [`crate::sink::Sink::quarantine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejected {
+    /// The record's bytes as the provider sent them (not necessarily UTF-8).
+    pub raw: Vec<u8>,
+    /// The JSON path of the failure from the page's root
+    /// (`results[3].archivedAt`).
+    pub path: String,
+    /// The decoder's message.
+    pub error: String,
+}
+
+impl Rejected {
+    /// A rejected record.
+    pub fn new(raw: impl Into<Vec<u8>>, path: impl Into<String>, error: impl Into<String>) -> Self {
+        Rejected {
+            raw: raw.into(),
+            path: path.into(),
+            error: error.into(),
+        }
     }
 }
 

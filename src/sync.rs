@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::http::{DailyUsage, HttpEvent, RequestStats};
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
 use crate::source::{CountCheck, Page, Source, StreamPlan, StreamState};
 use crate::{Error, Result};
 
@@ -136,6 +136,11 @@ pub struct StreamReport {
     pub mode: ReadMode,
     /// Records written in this run.
     pub records: u64,
+    /// Records read in this run that could not be decoded and went to the
+    /// sink's quarantine ([`Sink::quarantine`]) instead of stopping the
+    /// stream. They were read, not lost: a completeness check counts them
+    /// as read.
+    pub quarantined: u64,
     /// Pages read in this run.
     pub pages: u64,
     /// Requests, retries, 429s and limiter waits during this stream.
@@ -261,6 +266,7 @@ pub struct Sync {
     stream_concurrency: usize,
     max_delete_share: f64,
     progress: Option<ProgressFn>,
+    strict: bool,
 }
 
 impl std::fmt::Debug for Sync {
@@ -289,6 +295,7 @@ impl Sync {
             stream_concurrency: 1,
             max_delete_share: Self::DEFAULT_MAX_DELETE_SHARE,
             progress: None,
+            strict: false,
         }
     }
 
@@ -354,6 +361,17 @@ impl Sync {
     /// incremental where the source supports it).
     pub fn full_refresh(mut self, full: bool) -> Self {
         self.full_refresh = full;
+        self
+    }
+
+    /// Fail a stream on the first record its source cannot decode, as
+    /// before quarantines existed (default false: such a record goes to the
+    /// sink's quarantine with its raw bytes and error, the report counts it
+    /// in [`StreamReport::quarantined`], and the stream goes on). The error
+    /// is an [`Error::Decode`] naming the record's JSON path; the page is
+    /// not written and its checkpoint not committed.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
         self
     }
 
@@ -444,6 +462,7 @@ impl Sync {
             resumed: false,
             mode: ReadMode::FirstSync,
             records: 0,
+            quarantined: 0,
             pages: 0,
             requests: RequestStats::default(),
             duration: Duration::ZERO,
@@ -663,6 +682,14 @@ impl Sync {
             let mut since_commit = 0usize;
             let mut last_state: Option<StreamState> = None;
             while let Some((extracted_at, page)) = rx.recv().await {
+                // Strict: an undecodable record fails the stream as a
+                // source error does (the pages before it are committed).
+                let page = match page {
+                    Ok(page) if self.strict && !page.rejected.is_empty() => {
+                        Err(self.strict_error(stream, &page.rejected[0]))
+                    }
+                    other => other,
+                };
                 let page = match page {
                     Ok(page) => page,
                     Err(e) => {
@@ -688,6 +715,14 @@ impl Sync {
                     }
                 };
                 report.counts.extend(page.counts);
+                if !page.rejected.is_empty() {
+                    let n_rejected = page.rejected.len() as u64;
+                    // Stored before the page's checkpoint can be committed,
+                    // so a crash never loses one.
+                    self.quarantine(stream, sync_id, &page.checkpoint, page.rejected)
+                        .await?;
+                    report.quarantined += n_rejected;
+                }
                 let n = page.records.len();
                 report.pages += 1;
                 report.records += n as u64;
@@ -758,6 +793,40 @@ impl Sync {
             }
         }
         written
+    }
+
+    /// The error of a strict sync on an undecodable record.
+    fn strict_error(&self, stream: &str, r: &crate::source::Rejected) -> Error {
+        Error::Decode {
+            provider: self.source.provider(),
+            what: format!("{stream} page"),
+            path: r.path.clone(),
+            message: r.error.clone(),
+        }
+    }
+
+    /// Quarantines a page's undecodable records in the sink.
+    async fn quarantine(
+        &self,
+        stream: &str,
+        sync_id: Uuid,
+        position: &StreamState,
+        rejected: Vec<crate::source::Rejected>,
+    ) -> Result<()> {
+        let records: Vec<QuarantinedRecord> = rejected
+            .into_iter()
+            .map(|r| QuarantinedRecord::new(&self.tenant, stream, sync_id, position.clone(), r))
+            .collect();
+        for r in &records {
+            tracing::warn!(
+                tenant = %self.tenant,
+                stream,
+                path = %r.path,
+                error = %r.error,
+                "quarantined a record that cannot be decoded"
+            );
+        }
+        self.sink.quarantine(&records).await
     }
 
     async fn commit(&self, stream: &str, checkpoint: StreamCheckpoint) -> Result<PruneOutcome> {

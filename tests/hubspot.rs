@@ -157,15 +157,33 @@ async fn a_repeating_cursor_stops_with_a_clear_error() {
 async fn a_malformed_page_names_the_stream_page_and_path() {
     let fake = HubSpotFake::start(config(500)).await;
     fake.malformed_page("contacts", 2);
-    let source = HubSpotSource::new(client(&fake));
-    let err = read_all(&source, "contacts").await.expect_err("must fail");
+    // The typed SDK stays strict: the listing fails naming page and path.
+    let err = client(&fake)
+        .contacts()
+        .list()
+        .pages()
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("must fail");
     match &err {
         Error::Decode { what, path, .. } => {
-            assert!(what.contains("contacts page 3"), "{what}");
-            assert!(path.starts_with("results"), "{path}");
+            assert!(what.contains("contacts"), "{what}");
+            assert_eq!(path, "results[3].properties");
         }
         other => panic!("expected Decode, got {other}"),
     }
+    // The source reports the record on its page, for the quarantine.
+    let source = HubSpotSource::new(client(&fake));
+    let pages = read_all(&source, "contacts").await.expect("read");
+    let rejected: Vec<_> = pages.iter().flat_map(|p| &p.rejected).collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].path, "results[3].properties");
+    assert!(String::from_utf8_lossy(&rejected[0].raw).contains("[object Object]"));
+    let read: usize = pages.iter().map(|p| p.records.len()).sum();
+    fake.clear_faults();
+    let clean = read_all(&source, "contacts").await.expect("read");
+    let all: usize = clean.iter().map(|p| p.records.len()).sum();
+    assert_eq!(read + 1, all, "every other record was read");
 }
 
 #[tokio::test]

@@ -283,9 +283,11 @@ async fn a_failing_stream_does_not_stop_the_others() {
     fake.malformed_page("contacts", 0);
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = Arc::new(FilesSink::new(dir.path()).expect("sink"));
+    // Strict: the malformed record fails its stream (else it is quarantined).
     let report = Sync::new(source(&fake), sink.clone())
         .tenant("acme")
         .streams(["contacts", "companies"])
+        .strict(true)
         .run()
         .await;
     assert!(!report.is_success());
@@ -678,6 +680,7 @@ async fn a_source_failure_commits_the_pages_read_before_it_and_the_next_run_resu
             .tenant("acme")
             .streams(["contacts"])
             .checkpoint_every(100)
+            .strict(true)
     };
     let first = run().run().await;
     assert!(matches!(

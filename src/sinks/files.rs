@@ -6,6 +6,8 @@
 //! {root}/{tenant}/{stream}.jsonl.partial  the sync in progress
 //! {root}/{tenant}/{stream}.state.json     the committed checkpoint and the
 //!                                          length of .partial it covers
+//! {root}/{tenant}/{stream}.quarantine.jsonl  records that could not be
+//!                                          decoded (see [`QuarantinedRecord`])
 //! ```
 //! Each line is one record: `_tenant_id`, `_sync_id`, `_extracted_at`,
 //! `_deleted`, then the record's fields. Query with `jq`, DuckDB
@@ -59,7 +61,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{sync_dir, write_atomically};
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
 use crate::{Error, Result};
 
 const NAME: &str = "files";
@@ -162,6 +164,14 @@ impl FilesSink {
             lock: dir.join(format!("{s}.lock")),
             dir,
         }
+    }
+
+    /// The quarantine of a tenant's stream: one [`QuarantinedRecord`] per
+    /// line, appended and synced before the page's checkpoint is committed.
+    pub fn quarantine_path(&self, tenant: &str, stream: &str) -> PathBuf {
+        self.root
+            .join(safe_name(tenant))
+            .join(format!("{}.quarantine.jsonl", safe_name(stream)))
     }
 
     fn read_state(paths: &Paths) -> Result<Option<StateFile>> {
@@ -617,6 +627,55 @@ impl Sink for FilesSink {
             let _ = old.writer.into_parts();
         }
         Ok(())
+    }
+
+    /// Appends the records to `{tenant}/{stream}.quarantine.jsonl` and
+    /// syncs it.
+    async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        let mut by_file: Vec<(PathBuf, String)> = Vec::new();
+        for r in records {
+            let path = self.quarantine_path(&r.tenant, &r.stream);
+            let mut line = r.to_json().to_string();
+            line.push('\n');
+            match by_file.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, text)) => text.push_str(&line),
+                None => by_file.push((path, line)),
+            }
+        }
+        for (path, text) in by_file {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(io_err(format!("cannot create {}", dir.display())))?;
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(format!("cannot open {}", path.display())))?;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_data())
+                .map_err(io_err(format!("cannot write {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The lines of `{tenant}/{stream}.quarantine.jsonl`, oldest first.
+    async fn quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        let path = self.quarantine_path(tenant, stream);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
+                    Error::state(format!("unreadable line in {}", path.display()), e)
+                })?;
+                QuarantinedRecord::from_json(&v)
+            })
+            .collect()
     }
 
     /// The keys of the live records of the last complete snapshot

@@ -8,3 +8,10 @@ pub mod mailchimp;
 
 #[cfg(feature = "constant-contact")]
 pub mod constant_contact;
+
+#[cfg(any(
+    feature = "hubspot",
+    feature = "mailchimp",
+    feature = "constant-contact"
+))]
+pub(crate) mod lenient;

@@ -772,6 +772,7 @@ struct State {
     codes: HashMap<String, Code>,
     faults: VecDeque<Fault>,
     malformed: Vec<(String, u64)>,
+    bad: Vec<(String, u64, super::BadRecord)>,
     repeat: HashMap<String, u64>,
     segment_polls: HashMap<String, u32>,
     stats: FakeStats,
@@ -841,6 +842,7 @@ impl ConstantContactFake {
             codes: HashMap::new(),
             faults: VecDeque::new(),
             malformed: Vec::new(),
+            bad: Vec::new(),
             repeat: HashMap::new(),
             segment_polls: HashMap::new(),
             stats: FakeStats::default(),
@@ -1140,6 +1142,14 @@ impl ConstantContactFake {
         self.state().malformed.push((listing.to_owned(), page));
     }
 
+    /// Every time page `page` of `listing` is served (counted as in
+    /// [`ConstantContactFake::malformed_page`]), its fourth item (or last)
+    /// carries a bad value (`kind`) as a top-level `hw_bad` member: the rest
+    /// of the page stays valid.
+    pub fn bad_record(&self, listing: &str, page: u64, kind: super::BadRecord) {
+        self.state().bad.push((listing.to_owned(), page, kind));
+    }
+
     /// From page `page` on, `listing` answers a `_links.next.href` equal to
     /// the link that asked for the page: a client that does not check loops
     /// forever.
@@ -1152,6 +1162,7 @@ impl ConstantContactFake {
         let mut st = self.state();
         st.faults.clear();
         st.malformed.clear();
+        st.bad.clear();
         st.repeat.clear();
     }
 
@@ -1321,7 +1332,7 @@ impl Inner {
         let reply = self.route(req);
         let mut t = ResponseTemplate::new(reply.status);
         if let Some(body) = reply.body {
-            t = t.set_body_raw(body.into_bytes(), JSON_MIME);
+            t = t.set_body_raw(super::reply_bytes(body), JSON_MIME);
         }
         let latency = Duration::from_nanos(self.latency_nanos.load(AtomicOrdering::Relaxed));
         if !latency.is_zero() {
@@ -1502,13 +1513,36 @@ impl Inner {
                 }
             }
         }
+        const BAD: &str = "__headwater_bad_record__";
+        let bad = st
+            .bad
+            .iter()
+            .find(|(l, p, _)| l == listing && *p == q.page)
+            .map(|(_, _, kind)| *kind)
+            .filter(|_| !values.is_empty());
+        if bad.is_some() {
+            let k = 3.min(values.len() - 1);
+            if let Some(o) = values[k].as_object_mut() {
+                o.insert("hw_bad".into(), json!(BAD));
+            }
+        }
         let mut body = Map::new();
         body.insert(key.to_owned(), Value::Array(values));
         body.extend(extra);
         if let Some(href) = next {
             body.insert("_links".into(), json!({"next": {"href": href}}));
         }
-        Reply::json(200, &Value::Object(body))
+        match bad {
+            Some(kind) => Reply {
+                status: 200,
+                body: Some(Value::Object(body).to_string().replacen(
+                    &format!("\"{BAD}\""),
+                    &kind.value_json(),
+                    1,
+                )),
+            },
+            None => Reply::json(200, &Value::Object(body)),
+        }
     }
 
     fn list_lists(&self, st: &mut State, url: &Url) -> Reply {

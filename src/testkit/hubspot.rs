@@ -851,6 +851,15 @@ impl HubSpotFake {
         self.inner.state().malformed.insert((name, page_index));
     }
 
+    /// Every time page `page_index` of the `object_type` listing (counted as
+    /// in [`HubSpotFake::malformed_page`]) is served, the record at position
+    /// `min(3, len - 1)` has a bad value (`kind`) in its `properties`
+    /// (as `hw_bad`): the rest of the page stays valid.
+    pub fn bad_record(&self, object_type: &str, page_index: usize, kind: super::BadRecord) {
+        let name = self.inner.canonical(object_type);
+        self.inner.state().bad.insert((name, page_index), kind);
+    }
+
     /// From page `at_page` on (counted as in [`HubSpotFake::malformed_page`]),
     /// the list endpoint of `object_type` answers `paging.next.after` equal to
     /// the cursor that requested the page, so a naive client loops forever.
@@ -879,6 +888,7 @@ impl HubSpotFake {
         st.faults.clear();
         st.token_faults.clear();
         st.malformed.clear();
+        st.bad.clear();
         st.repeat.clear();
     }
 
@@ -2421,6 +2431,7 @@ struct State {
     faults: VecDeque<Fault>,
     token_faults: VecDeque<Fault>,
     malformed: HashSet<(String, usize)>,
+    bad: HashMap<(String, usize), super::BadRecord>,
     repeat: HashMap<String, usize>,
     /// Object types whose live listing answers without `paging` from this
     /// page on.
@@ -3687,7 +3698,7 @@ impl Inner {
             template = template.insert_header(*name, value.as_str());
         }
         if let Some(body) = reply.body {
-            template = template.set_body_raw(body.into_bytes(), JSON_MIME);
+            template = template.set_body_raw(super::reply_bytes(body), JSON_MIME);
         }
         let latency = self.latency();
         if !latency.is_zero() {
@@ -4161,6 +4172,12 @@ impl Inner {
         } else {
             self.page_faults(&schema.name, start, limit)
         };
+        let bad = if archived || limit == 0 || start % limit != 0 {
+            None
+        } else {
+            let st = self.state();
+            st.bad.get(&(schema.name.clone(), start / limit)).copied()
+        };
         let props = schema.select(query.all("properties"));
         let hist = schema.select_exact(query.all("propertiesWithHistory"));
         let mut writer = RecordWriter::new(self, schema, props, hist);
@@ -4171,7 +4188,14 @@ impl Inner {
             if k > 0 {
                 out.push(',');
             }
+            let at = out.len();
             writer.write(&mut out, &view.rec(space, pos), broken == Some(k));
+            if let Some(kind) = bad.filter(|_| k == (items.len() - 1).min(3)) {
+                let key = "\"properties\":{";
+                if let Some(i) = out[at..].find(key) {
+                    kind.insert_into(&mut out, at + i + key.len() - 1);
+                }
+            }
         }
         out.push(']');
         let truncated = !archived && self.paging_dropped(&schema.name, start, limit);

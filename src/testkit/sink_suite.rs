@@ -37,8 +37,8 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::schema::{Field, FieldType, StreamSchema};
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
-use crate::source::{Record, StreamState};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
+use crate::source::{Record, Rejected, StreamState};
 use crate::{Error, Result};
 
 /// The metadata keys every row read back carries.
@@ -113,7 +113,7 @@ impl Capabilities {
 }
 
 /// The names of the checks, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 14] = [
+pub const CHECKS: [&str; 15] = [
     "create_from_schema",
     "rewrite_changes_nothing",
     "updates_replace_rows",
@@ -128,6 +128,7 @@ pub const CHECKS: [&str; 14] = [
     "single_writer",
     "prune_withheld",
     "prune_share_limit",
+    "quarantine_round_trips",
 ];
 
 /// Runs every check, in the order of [`CHECKS`], and fails with one error
@@ -165,6 +166,7 @@ pub async fn run(
             "single_writer" => single_writer(sink, inspect, caps).await,
             "prune_withheld" => prune_withheld(sink, inspect, caps).await,
             "prune_share_limit" => prune_share_limit(sink, inspect, caps).await,
+            "quarantine_round_trips" => quarantine_round_trips(sink, inspect, caps).await,
             other => Err(Error::Config(format!(
                 "no conformance check is called `{other}` (see CHECKS)"
             ))),
@@ -1940,6 +1942,108 @@ pub async fn prune_share_limit(
         "after a full refresh within the share",
     )
     .await
+}
+
+/// Records the sync could not decode are stored by [`Sink::quarantine`] and
+/// returned by [`Sink::quarantined`] exactly: bytes that are not UTF-8, NUL,
+/// an unpaired surrogate escape and quotes come back byte for byte, with the
+/// path, error, position, sync id and time; per tenant and stream, oldest
+/// first, and across two calls.
+pub async fn quarantine_round_trips(
+    sink: &dyn Sink,
+    inspect: &dyn SinkInspector,
+    caps: &Capabilities,
+) -> Result<()> {
+    let c = Ctx::new(sink, inspect, caps, "quarantine_round_trips");
+    let tenant = unique("tenant");
+    let other = unique("tenant");
+    let stream = unique("quarantine");
+    let sync_id = Uuid::new_v4();
+    let at = |secs: i64| {
+        DateTime::from_timestamp_micros(now().timestamp_micros() + secs * 1_000_000)
+            .unwrap_or_else(now)
+    };
+    let record = |tenant: &str, raw: &[u8], path: &str, state: Value, secs: i64| {
+        let mut r = QuarantinedRecord::new(
+            tenant,
+            stream.as_str(),
+            sync_id,
+            StreamState::new(state),
+            Rejected::new(raw, path, format!("bad at {path}: \"quoted\"")),
+        );
+        r.quarantined_at = at(secs);
+        r
+    };
+    let first = vec![
+        record(
+            &tenant,
+            b"{\"id\":\"1\",\"name\":\"caf\xff\xfe\"}",
+            "results[0].name",
+            json!({"after": "100", "x": "x\"; drop table t; --"}),
+            0,
+        ),
+        record(
+            &tenant,
+            br#"{"id":"2","name":"\ud800 alone"}"#,
+            "results[1].name",
+            json!({"after": "100"}),
+            1,
+        ),
+    ];
+    let second = vec![
+        record(
+            &tenant,
+            b"{\"id\":\"3\",\"n\":\"\0\"}",
+            "results[7]",
+            Value::Null,
+            2,
+        ),
+        record(&other, b"{}", "results[0]", json!(1), 3),
+    ];
+    c.call("store quarantined records", sink.quarantine(&first))
+        .await?;
+    c.call("store more quarantined records", sink.quarantine(&second))
+        .await?;
+    let got = c
+        .call(
+            "read the quarantine back",
+            sink.quarantined(&tenant, &stream),
+        )
+        .await?;
+    let want: Vec<&QuarantinedRecord> = first.iter().chain(&second[..1]).collect();
+    if got.len() != want.len() {
+        return Err(c.fail(format!(
+            "{} quarantined records stored for the tenant, {} returned: {got:#?}",
+            want.len(),
+            got.len()
+        )));
+    }
+    for (g, w) in got.iter().zip(want) {
+        if g != w {
+            return Err(c.fail(format!(
+                "a quarantined record did not round-trip:\nstored   {w:?}\nreturned {g:?}"
+            )));
+        }
+    }
+    let others = c
+        .call(
+            "read another tenant's quarantine",
+            sink.quarantined(&other, &stream),
+        )
+        .await?;
+    if others.len() != 1 || others[0] != second[1] {
+        return Err(c.fail(format!("another tenant's quarantine: {others:#?}")));
+    }
+    let none = c
+        .call(
+            "read an empty quarantine",
+            sink.quarantined(&tenant, &unique("quarantine_none")),
+        )
+        .await?;
+    if !none.is_empty() {
+        return Err(c.fail(format!("a stream never quarantined: {none:#?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

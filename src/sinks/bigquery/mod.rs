@@ -100,6 +100,11 @@
 //! The state table `_headwater_state` holds `tenant`, `stream`,
 //! `checkpoint` (the [`Checkpoint`] as a JSON string) and `committed_at`.
 //!
+//! Records the sync could not decode go to `_headwater_quarantine` (created
+//! on first use, loaded by a load job before the page's checkpoint is
+//! committed): the columns of [`QuarantinedRecord`]'s stored form, all
+//! `STRING` but `quarantined_at` (`TIMESTAMP`).
+//!
 //! Each commit costs four API calls and two jobs: give BigQuery bigger
 //! commits with [`crate::sync::Sync::checkpoint_every`].
 //!
@@ -141,7 +146,7 @@ pub use auth::{ServiceAccountKey, ServiceAccountTokenSource, BIGQUERY_SCOPE};
 pub use config::{BigQuerySinkBuilder, NumberType, DEFAULT_ENDPOINT};
 
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
 use crate::{Error, Result};
 use client::{string_param, Api};
 use layout::{column_json, existing_columns, plan_layout, Layout};
@@ -158,6 +163,9 @@ pub const LEASE_TABLE: &str = "_headwater_leases";
 /// How long a run's lease lasts after it was taken or last renewed: a run
 /// killed with its process blocks its stream that long.
 pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The quarantine table's name (see the module docs).
+pub const QUARANTINE_TABLE: &str = "_headwater_quarantine";
 
 /// Orders rows in a staging table (the last write of a key wins).
 const SEQ_COLUMN: &str = "_headwater_seq";
@@ -346,6 +354,40 @@ impl BigQuerySink {
             })
             .await
             .map(|_| ())
+    }
+
+    async fn ensure_quarantine_table(&self) -> Result<()> {
+        self.ensure_dataset().await?;
+        let api = &self.inner.api;
+        if api
+            .get_table(&self.inner.dataset, QUARANTINE_TABLE)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let s = |name: &str, what: &str| column_json(name, "STRING", what);
+        let table = json!({
+            "tableReference": {
+                "projectId": api.project, "datasetId": self.inner.dataset,
+                "tableId": QUARANTINE_TABLE,
+            },
+            "description": "headwater: records the sync could not decode",
+            "schema": {"fields": [
+                s("tenant", "the tenant"),
+                s("stream", "the stream"),
+                s("sync_id", "the sync run that read it"),
+                s("position", "the checkpoint of the page that carried it, as JSON"),
+                s("raw", "the bytes as text (invalid UTF-8 and NUL as U+FFFD)"),
+                s("raw_base64", "the exact bytes in base64, when raw is not them"),
+                s("path", "the JSON path of the failure"),
+                s("error", "the decoder's message"),
+                column_json("quarantined_at", "TIMESTAMP", "when it was quarantined"),
+            ]},
+            "clustering": {"fields": ["tenant", "stream"]},
+        });
+        api.insert_table(&self.inner.dataset, &table).await?;
+        Ok(())
     }
 
     /// Creates or evolves a stream's table; returns its layout.
@@ -1003,6 +1045,46 @@ impl Sink for BigQuerySink {
                 Err(e)
             }
         }
+    }
+
+    /// Loads the records into `_headwater_quarantine` (one load job).
+    async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.ensure_quarantine_table().await?;
+        let mut data = Vec::new();
+        for r in records {
+            data.extend_from_slice(r.to_json().to_string().as_bytes());
+            data.push(b'\n');
+        }
+        self.inner
+            .api
+            .load_ndjson(&self.inner.dataset, QUARANTINE_TABLE, Bytes::from(data))
+            .await
+    }
+
+    async fn quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        if self
+            .inner
+            .api
+            .get_table(&self.inner.dataset, QUARANTINE_TABLE)
+            .await?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT * FROM {} WHERE tenant = @tenant AND stream = @stream \
+             ORDER BY quarantined_at",
+            self.quoted_table(QUARANTINE_TABLE)
+        );
+        let rows = self
+            .query(&sql, &[("tenant", tenant), ("stream", stream)])
+            .await?;
+        rows.into_iter()
+            .map(|row| QuarantinedRecord::from_json(&Value::Object(row)))
+            .collect()
     }
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {

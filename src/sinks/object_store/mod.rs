@@ -158,7 +158,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::schema::{Field, StreamSchema};
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
 use crate::{Error, Result};
 
 use self::clean::{merge_columns, CleanPart, ColumnPlan};
@@ -1139,6 +1139,68 @@ impl ObjectStoreSink {
     }
 }
 
+/// `{prefix}/{tenant}/{stream}/_quarantine`: one JSON Lines object per
+/// [`Sink::quarantine`] call (`{time}-{uuid}.jsonl`), each line a
+/// [`QuarantinedRecord`]. Nothing else lists this folder.
+fn quarantine_dir(layer: &Layer, tenant: &str, stream: &str) -> Path {
+    layer.stream_dir(tenant, stream).child("_quarantine")
+}
+
+impl ObjectStoreSink {
+    async fn put_quarantined(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        let mut groups: Vec<((&str, &str), String)> = Vec::new();
+        for r in records {
+            let mut line = r.to_json().to_string();
+            line.push('\n');
+            let key = (r.tenant.as_str(), r.stream.as_str());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, text)) => text.push_str(&line),
+                None => groups.push((key, line)),
+            }
+        }
+        for ((tenant, stream), text) in groups {
+            // Time first, so a listing in name order is oldest first.
+            let name = format!(
+                "{}-{}.jsonl",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%6fZ"),
+                Uuid::new_v4()
+            );
+            let path = quarantine_dir(&self.raw, tenant, stream).child(name.as_str());
+            self.raw
+                .store
+                .put(&path, PutPayload::from(text.into_bytes()))
+                .await
+                .map_err(store_err(format!("cannot put {path}")))?;
+        }
+        Ok(())
+    }
+
+    async fn list_quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        let dir = quarantine_dir(&self.raw, tenant, stream);
+        let mut paths: Vec<Path> = self
+            .raw
+            .store
+            .list(Some(&dir))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::sink(NAME, format!("cannot list {dir}"), e))?;
+        paths.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let mut out = Vec::new();
+        for path in paths {
+            let Some(bytes) = get_bytes(&self.raw, &path).await? else {
+                continue;
+            };
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let v: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| Error::state(format!("unreadable line in {path}"), e))?;
+                out.push(QuarantinedRecord::from_json(&v)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn get_bytes(layer: &Layer, path: &Path) -> Result<Option<Bytes>> {
     let got = match layer.store.get(path).await {
         Ok(got) => got,
@@ -1225,6 +1287,16 @@ impl Sink for ObjectStoreSink {
     async fn abandon(&self, tenant: &str, stream: &str) -> Result<()> {
         self.close_open(tenant, stream, None).await;
         Ok(())
+    }
+
+    /// Puts the records, as JSON Lines, in a new object under
+    /// `{prefix}/{tenant}/{stream}/_quarantine/` of the raw layer.
+    async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        self.put_quarantined(records).await
+    }
+
+    async fn quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        self.list_quarantined(tenant, stream).await
     }
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {

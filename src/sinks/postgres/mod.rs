@@ -55,6 +55,9 @@
 //!   stream_schema)`: the table of each stream and its latest schema.
 //! - `_headwater_columns(stream, position, field_name, column_name,
 //!   column_type, field_type)`: the column of each field.
+//! - `_headwater_quarantine(tenant, stream, sync_id, position, raw,
+//!   raw_base64, path, error, quarantined_at)`: records the sync could not
+//!   decode, created on first use ([`Sink::quarantine`]).
 //!
 //! # Names
 //! Identifiers are always quoted, so a property called `select`, `Email`
@@ -166,6 +169,7 @@ mod conn;
 mod encode;
 mod ident;
 mod layout;
+mod quarantine;
 mod rows;
 mod tls;
 
@@ -190,7 +194,7 @@ use tokio_postgres::types::Json;
 use self::encode::Cell;
 use self::layout::{Layout, COLUMNS_TABLE, STATE_TABLE, STREAMS_TABLE};
 use crate::schema::StreamSchema;
-use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, Sink, StreamContext};
+use crate::sink::{Batch, Checkpoint, Prune, PruneOutcome, QuarantinedRecord, Sink, StreamContext};
 use crate::{Error, Result};
 
 pub(crate) const NAME: &str = "postgres";
@@ -1044,6 +1048,16 @@ impl Sink for PostgresSink {
             .await
             .map_err(pg_err("cannot list the ids"))?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Inserts the records into `_headwater_quarantine` (see the
+    /// `quarantine` module's table).
+    async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<()> {
+        self.insert_quarantined(records).await
+    }
+
+    async fn quarantined(&self, tenant: &str, stream: &str) -> Result<Vec<QuarantinedRecord>> {
+        self.select_quarantined(tenant, stream).await
     }
 
     async fn load_state(&self, tenant: &str, stream: &str) -> Result<Option<Checkpoint>> {

@@ -103,7 +103,10 @@ use crate::http::{
     RequestStats, RetryConfig,
 };
 use crate::paginate::{paginate, Paged};
+use crate::source::Rejected;
+use crate::sources::lenient;
 use crate::{Error, Result};
+use serde_json::value::RawValue;
 
 /// The provider name used in errors and records.
 pub const PROVIDER: &str = "constant_contact";
@@ -386,7 +389,11 @@ impl ConstantContact {
 
     /// Fetches one page of a listing; a 202 "accepted, not complete" answer
     /// (or a body with `status: processing`) is asked again with backoff.
-    async fn fetch_page<T: Listed>(&self, url: Url, what: &str) -> Result<ListPage<T>> {
+    async fn fetch_page<T: Listed>(
+        &self,
+        url: Url,
+        what: &str,
+    ) -> Result<(ListPage<T>, Vec<Rejected>)> {
         let mut attempt = 0u32;
         loop {
             let resp = self
@@ -394,18 +401,21 @@ impl ConstantContact {
                 .send(ApiRequest::new(Method::GET, url.clone()))
                 .await?;
             let accepted = resp.status.as_u16() == 202;
-            let env: Option<Envelope<T>> = if accepted {
+            let env: Option<(Envelope<T>, Vec<Rejected>)> = if accepted {
                 None
             } else {
-                Some(Error::decode(PROVIDER, || what.to_owned(), &resp.body)?)
+                Some(decode_envelope(&resp.body, what)?)
             };
             match env {
-                Some(env) if !env.processing => {
-                    return Ok(ListPage {
-                        items: env.items,
-                        next: env.next,
-                        count: env.count,
-                    })
+                Some((env, rejected)) if !env.processing => {
+                    return Ok((
+                        ListPage {
+                            items: env.items,
+                            next: env.next,
+                            count: env.count,
+                        },
+                        rejected,
+                    ))
                 }
                 _ if attempt < self.accepted_retry.max_retries => {
                     let wait = self.accepted_retry.backoff(attempt);
@@ -430,6 +440,33 @@ impl ConstantContact {
             }
         }
     }
+}
+
+/// Decodes a listing's answer record by record: the records that cannot be
+/// decoded are returned apart, with their bytes (see
+/// [`crate::sources::lenient`]).
+fn decode_envelope<T: Listed>(body: &[u8], what: &str) -> Result<(Envelope<T>, Vec<Rejected>)> {
+    lenient::decode_page(
+        body,
+        |b| serde_json::from_slice::<Envelope<T>>(b),
+        |page| {
+            let env: Envelope<T, &RawValue> = serde_json::from_slice(page.bytes())?;
+            let items = env
+                .items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, raw)| page.record(raw, || format!("{}[{i}]", T::KEY)))
+                .collect();
+            Ok(Envelope {
+                items,
+                next: env.next,
+                count: env.count,
+                processing: env.processing,
+                _t: PhantomData,
+            })
+        },
+        || lenient::strict_error::<Envelope<T>>(PROVIDER, || what.to_owned(), body),
+    )
 }
 
 mod sealed {
@@ -502,11 +539,14 @@ pub struct ListPage<T> {
 
 /// The answer of a listing: items under [`Listed::KEY`], `_links.next.href`,
 /// the count, and the `status: processing` of a 202.
-struct Envelope<T> {
-    items: Vec<T>,
+/// `I` is what each item is decoded as: `T`, or a raw record
+/// (`&RawValue`) to decode on its own.
+struct Envelope<T, I = T> {
+    items: Vec<I>,
     next: Option<String>,
     count: Option<u64>,
     processing: bool,
+    _t: PhantomData<fn() -> T>,
 }
 
 #[derive(Deserialize)]
@@ -520,27 +560,28 @@ struct Href {
     href: String,
 }
 
-impl<'de, T: Listed> Deserialize<'de> for Envelope<T> {
+impl<'de, T: Listed, I: Deserialize<'de>> Deserialize<'de> for Envelope<T, I> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Listed> Visitor<'de> for V<T> {
-            type Value = Envelope<T>;
+        struct V<T, I>(PhantomData<(fn() -> T, I)>);
+        impl<'de, T: Listed, I: Deserialize<'de>> Visitor<'de> for V<T, I> {
+            type Value = Envelope<T, I>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "an object with `{}`", T::KEY)
             }
             fn visit_map<A: MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> std::result::Result<Envelope<T>, A::Error> {
+            ) -> std::result::Result<Envelope<T, I>, A::Error> {
                 let mut env = Envelope {
                     items: Vec::new(),
                     next: None,
                     count: None,
                     processing: false,
+                    _t: PhantomData,
                 };
                 while let Some(key) = map.next_key::<String>()? {
                     if key == T::KEY {
-                        env.items = map.next_value::<Option<Vec<T>>>()?.unwrap_or_default();
+                        env.items = map.next_value::<Option<Vec<I>>>()?.unwrap_or_default();
                     } else if key == "_links" {
                         env.next = map
                             .next_value::<Option<Links>>()?
@@ -627,6 +668,16 @@ impl<T: Listed> ListRequest<T> {
     /// The pages, each with the next page's link. A repeated link ends the
     /// stream with [`Error::CursorRepeated`].
     pub fn pages(self) -> impl Stream<Item = Result<ListPage<T>>> + Send + 'static {
+        self.lenient_pages().and_then(|(page, rejected)| {
+            futures::future::ready(lenient::refuse(PROVIDER, T::PATH, rejected).map(|()| page))
+        })
+    }
+
+    /// The pages, each with the records that could not be decoded (kept raw
+    /// for the quarantine instead of failing the page).
+    pub(crate) fn lenient_pages(
+        self,
+    ) -> impl Stream<Item = Result<(ListPage<T>, Vec<Rejected>)>> + Send + 'static {
         let first = self.first_url();
         let ListRequest { cc, start, .. } = self;
         let mut page_no = 0u64;
@@ -640,19 +691,23 @@ impl<T: Listed> ListRequest<T> {
                     Some(h) => cc.next_url(h)?,
                     None => first.map_err(Error::Config)?,
                 };
-                let page: ListPage<T> =
-                    cc.fetch_page(url, &format!("{} page {n}", T::PATH)).await?;
+                let (page, rejected) = cc
+                    .fetch_page::<T>(url, &format!("{} page {n}", T::PATH))
+                    .await?;
                 let next = page.next.clone();
-                Ok(Paged::new(vec![(page.items, page.count)], next))
+                Ok(Paged::new(vec![(page.items, page.count, rejected)], next))
             }
         })
         .map_ok(|mut p| {
-            let (items, count) = p.items.pop().unwrap_or_default();
-            ListPage {
-                items,
-                next: p.next,
-                count,
-            }
+            let (items, count, rejected) = p.items.pop().unwrap_or_default();
+            (
+                ListPage {
+                    items,
+                    next: p.next,
+                    count,
+                },
+                rejected,
+            )
         })
     }
 

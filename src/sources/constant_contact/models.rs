@@ -64,10 +64,10 @@ pub struct ContactList {
     #[serde(default)]
     pub favorite: Option<bool>,
     /// Creation time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last update time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Number of contacts on the list (when the API includes it).
     #[serde(default)]
@@ -88,22 +88,22 @@ pub struct EmailAddress {
     #[serde(default)]
     pub permission_to_send: Option<String>,
     /// When the address was added.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
     /// When the address was last changed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Who opted the address in (`Account` or `Contact`).
     #[serde(default)]
     pub opt_in_source: Option<String>,
     /// When it was opted in.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub opt_in_date: Option<DateTime<Utc>>,
     /// Who opted it out (deleted and unsubscribed contacts).
     #[serde(default)]
     pub opt_out_source: Option<String>,
     /// When it was opted out.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub opt_out_date: Option<DateTime<Utc>>,
     /// Why, as the contact said.
     #[serde(default)]
@@ -122,7 +122,9 @@ pub struct EmailAddress {
 pub struct ContactCustomField {
     /// The custom field's id (see [`CustomField`]).
     pub custom_field_id: String,
-    /// The value, as text (dates as the account entered them).
+    /// The value, as text (dates as the account entered them; `null` read
+    /// as empty).
+    #[serde(default, deserialize_with = "crate::sources::lenient::null_as_default")]
     pub value: String,
 }
 
@@ -165,10 +167,10 @@ pub struct Contact {
     #[serde(default)]
     pub update_source: Option<String>,
     /// Creation time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last update time (what `updated_after` filters on).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// The day the contact was deleted; set only on deleted contacts
     /// (listed with `status=all` or `status=deleted`).
@@ -227,10 +229,10 @@ pub struct CustomField {
     #[serde(rename = "type", default)]
     pub field_type: Option<String>,
     /// Creation time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last update time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Everything else.
     #[serde(flatten)]
@@ -271,10 +273,10 @@ pub struct EmailCampaign {
     #[serde(default)]
     pub type_code: Option<i64>,
     /// Creation time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last update time (what `after_date`/`before_date` filter on).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// The campaign's activities (only from `GET /emails/{campaign_id}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -396,7 +398,7 @@ pub struct CampaignSummary {
     pub campaign_type: Option<String>,
     /// When the campaign was last sent (the listing is sorted by it,
     /// newest first).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub last_sent_date: Option<DateTime<Utc>>,
     /// Unique counts: sends, opens, clicks, forwards, opt-outs, abuse,
     /// bounces, non-opens.

@@ -565,19 +565,21 @@ where
         _ => req,
     };
     let loaded = plan.loaded_at_start(i);
-    req.pages()
+    req.lenient_pages()
         .scan((false, loaded), move |(stopped, loaded), r| {
             let out = if *stopped {
                 None
             } else {
                 Some(match r {
-                    Ok(p) => {
+                    Ok((p, rejected)) => {
                         let (records, stop) = convert(p.items);
                         *stopped = stop;
-                        *loaded += records.len() as u64;
+                        // A quarantined record was read: it counts as loaded.
+                        *loaded += (records.len() + rejected.len()) as u64;
                         let next = if stop { None } else { p.next };
                         let last = next.is_none();
-                        let page = Page::new(records, plan.after_page(i, next, *loaded).to_state());
+                        let page = Page::new(records, plan.after_page(i, next, *loaded).to_state())
+                            .with_rejected(rejected);
                         Ok(match (&count, p.count) {
                             (Some(scope), Some(reported)) if last => {
                                 page.with_count(CountCheck::new(scope.clone(), reported, *loaded))

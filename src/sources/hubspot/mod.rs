@@ -74,7 +74,10 @@ use crate::http::{
     RequestStats, RetryConfig,
 };
 use crate::paginate::{paginate, Paged};
+use crate::source::Rejected;
+use crate::sources::lenient;
 use crate::{Error, Result};
+use serde_json::value::RawValue;
 
 /// The provider name used in errors and records.
 pub const PROVIDER: &str = "hubspot";
@@ -507,11 +510,63 @@ fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// An answer with its records under `results` (listing, search, batch
+/// read): `paging` and `total` where the endpoint has them.
 #[derive(Deserialize)]
 struct ListPage<T> {
     results: Vec<T>,
     #[serde(default)]
     paging: Option<Paging>,
+    #[serde(default)]
+    total: Option<u64>,
+}
+
+/// Decodes an answer with its records under `results` record by record:
+/// the records that cannot be decoded are returned apart, with their bytes
+/// (see [`crate::sources::lenient`]).
+fn decode_results(
+    body: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<(ListPage<CrmObject>, Vec<Rejected>)> {
+    lenient::decode_page(
+        body,
+        |b| serde_json::from_slice::<ListPage<CrmObject>>(b),
+        |page| {
+            let env: ListPage<&RawValue> = serde_json::from_slice(page.bytes())?;
+            let results = env
+                .results
+                .iter()
+                .enumerate()
+                .filter_map(|(i, raw)| page.record(raw, || format!("results[{i}]")))
+                .collect();
+            Ok(ListPage {
+                results,
+                paging: env.paging,
+                total: env.total,
+            })
+        },
+        || lenient::strict_error::<ListPage<CrmObject>>(PROVIDER, what, body),
+    )
+}
+
+/// POSTs a JSON body and returns the answer's bytes.
+async fn post_bytes<B: Serialize>(
+    hs: &HubSpot,
+    url: Url,
+    body: &B,
+    class: RequestClass,
+) -> Result<bytes::Bytes> {
+    let json = serde_json::to_vec(body)
+        .map_err(|e| Error::Config(format!("cannot encode request body: {e}")))?;
+    let resp = hs
+        .client
+        .send(ApiRequest {
+            json: Some(json),
+            class,
+            ..ApiRequest::new(Method::POST, url)
+        })
+        .await?;
+    Ok(resp.body)
 }
 
 #[derive(Deserialize)]
@@ -597,7 +652,13 @@ impl<T: From<CrmObject> + Send + 'static> Objects<T> {
         properties: &[String],
         archived: bool,
     ) -> Result<Vec<T>> {
-        let objects = batch_read(&self.hs, &self.object_type, ids, properties, archived).await?;
+        let (objects, rejected) =
+            batch_read(&self.hs, &self.object_type, ids, properties, archived).await?;
+        lenient::refuse(
+            PROVIDER,
+            &format!("{} batch read", self.object_type),
+            rejected,
+        )?;
         Ok(objects.into_iter().map(T::from).collect())
     }
 }
@@ -643,6 +704,17 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
     /// The pages, each with the cursor of the next. Uses the request plan
     /// with the fewest calls (see the module docs).
     pub fn pages(self) -> impl Stream<Item = Result<Paged<T, String>>> + Send + 'static {
+        let what = format!("{} list", self.object_type);
+        self.lenient_pages().and_then(move |(p, rejected)| {
+            futures::future::ready(lenient::refuse(PROVIDER, &what, rejected).map(|()| p))
+        })
+    }
+
+    /// The pages, each with the records that could not be decoded (kept raw
+    /// for the quarantine instead of failing the page).
+    pub(crate) fn lenient_pages(
+        self,
+    ) -> impl Stream<Item = Result<(Paged<T, String>, Vec<Rejected>)>> + Send + 'static {
         let plan_batch = needs_batch_read(&self.properties);
         let what = format!(
             "{}{} list",
@@ -683,18 +755,30 @@ impl<T: From<CrmObject> + Send + 'static> ListObjects<T> {
                     }
                 }
                 let what = || format!("{object_type} page {n} (after={after:?})");
-                let page: ListPage<CrmObject> = hs.client.get_json(url, what).await?;
+                let resp = hs.client.send(ApiRequest::new(Method::GET, url)).await?;
+                let (page, mut rejected) = decode_results(&resp.body, what)?;
                 let mut paged = page.into_paged();
                 if plan_batch && !paged.items.is_empty() {
                     let ids: Vec<String> = paged.items.iter().map(|o| o.id.clone()).collect();
-                    paged.items =
+                    let (items, bad) =
                         batch_read(&hs, &object_type, &ids, &properties, archived).await?;
+                    paged.items = items;
+                    rejected.extend(bad);
                 }
+                // One item carries the page's rejected records through the
+                // paginator (which knows only items and a cursor).
                 Ok(Paged::new(
-                    paged.items.into_iter().map(T::from).collect(),
+                    vec![(
+                        paged.items.into_iter().map(T::from).collect::<Vec<T>>(),
+                        rejected,
+                    )],
                     paged.next,
                 ))
             }
+        })
+        .map_ok(|mut p| {
+            let (items, rejected) = p.items.pop().unwrap_or_default();
+            (Paged::new(items, p.next), rejected)
         })
     }
 
@@ -855,6 +939,14 @@ impl<T: From<CrmObject> + Send + 'static> SearchObjects<T> {
     /// Sends the query once: the first page (or the page at the cursor set
     /// by a previous page's `next`).
     pub async fn send(self) -> Result<SearchPage<T>> {
+        let (page, rejected) = search_page(&self.hs, &self.object_type, &self.body).await?;
+        lenient::refuse(PROVIDER, &format!("{} search", self.object_type), rejected)?;
+        Ok(page)
+    }
+
+    /// Sends the query once, returning the records that could not be
+    /// decoded apart (kept raw for the quarantine).
+    pub(crate) async fn send_lenient(self) -> Result<(SearchPage<T>, Vec<Rejected>)> {
         search_page(&self.hs, &self.object_type, &self.body).await
     }
 
@@ -877,7 +969,8 @@ impl<T: From<CrmObject> + Send + 'static> SearchObjects<T> {
                 async move {
                     let mut body = (*body).clone();
                     body.after = after;
-                    let page: SearchPage<T> = search_page(&hs, &object_type, &body).await?;
+                    let (page, rejected) = search_page(&hs, &object_type, &body).await?;
+                    lenient::refuse(PROVIDER, &format!("{object_type} search"), rejected)?;
                     Ok(Paged::new(vec![(page.total, page.items)], page.next))
                 }
             },
@@ -897,29 +990,22 @@ async fn search_page<T: From<CrmObject>>(
     hs: &HubSpot,
     object_type: &str,
     body: &SearchBody,
-) -> Result<SearchPage<T>> {
-    #[derive(Deserialize)]
-    struct R {
-        #[serde(default)]
-        total: u64,
-        results: Vec<CrmObject>,
-        #[serde(default)]
-        paging: Option<Paging>,
-    }
+) -> Result<(SearchPage<T>, Vec<Rejected>)> {
     let url = hs
         .client
         .url(&format!("crm/v3/objects/{}/search", enc(object_type)))?;
-    let r: R = hs
-        .client
-        .post_json(url, body, RequestClass::Search, || {
-            format!("{object_type} search page (after={:?})", body.after)
-        })
-        .await?;
-    Ok(SearchPage {
-        items: r.results.into_iter().map(T::from).collect(),
-        next: r.paging.and_then(|p| p.next).map(|n| n.after),
-        total: r.total,
-    })
+    let bytes = post_bytes(hs, url, body, RequestClass::Search).await?;
+    let (r, rejected) = decode_results(&bytes, || {
+        format!("{object_type} search page (after={:?})", body.after)
+    })?;
+    Ok((
+        SearchPage {
+            items: r.results.into_iter().map(T::from).collect(),
+            next: r.paging.and_then(|p| p.next).map(|n| n.after),
+            total: r.total.unwrap_or_default(),
+        },
+        rejected,
+    ))
 }
 
 #[derive(Serialize)]
@@ -941,11 +1027,7 @@ async fn batch_read(
     ids: &[String],
     properties: &[String],
     archived: bool,
-) -> Result<Vec<CrmObject>> {
-    #[derive(Deserialize)]
-    struct R {
-        results: Vec<CrmObject>,
-    }
+) -> Result<(Vec<CrmObject>, Vec<Rejected>)> {
     if ids.len() > MAX_BATCH_READ {
         return Err(Error::Config(format!(
             "batch read takes at most {MAX_BATCH_READ} ids, got {}",
@@ -964,14 +1046,15 @@ async fn batch_read(
     };
     // 207 (some ids not found) is a success carrying `errors`: the missing
     // ids were deleted between the listing and the read.
-    let r: R = hs
-        .client
-        .post_json(url, &body, RequestClass::Standard, || {
-            format!("{object_type} batch read of {} ids", ids.len())
-        })
-        .await?;
+    let bytes = post_bytes(hs, url, &body, RequestClass::Standard).await?;
+    let (r, rejected) = decode_results(&bytes, || {
+        format!("{object_type} batch read of {} ids", ids.len())
+    })?;
     // Keep the listing's order.
     let mut by_id: std::collections::HashMap<String, CrmObject> =
         r.results.into_iter().map(|o| (o.id.clone(), o)).collect();
-    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    Ok((
+        ids.iter().filter_map(|id| by_id.remove(id)).collect(),
+        rejected,
+    ))
 }

@@ -15,17 +15,17 @@ pub struct CrmObject {
     /// Its properties as `HubSpot` sends them (strings or null).
     #[serde(default)]
     pub properties: Map<String, Value>,
-    /// Creation time.
-    #[serde(default)]
+    /// Creation time (`null` or `""` read as none).
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub created_at: Option<DateTime<Utc>>,
-    /// Last modification time.
-    #[serde(default)]
+    /// Last modification time (`null` or `""` read as none).
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub updated_at: Option<DateTime<Utc>>,
     /// True when archived (in the 90-day recycle bin).
     #[serde(default)]
     pub archived: bool,
-    /// When it was archived.
-    #[serde(default)]
+    /// When it was archived (`null` or `""` read as none).
+    #[serde(default, deserialize_with = "crate::sources::lenient::opt_time")]
     pub archived_at: Option<DateTime<Utc>>,
 }
 

@@ -16,7 +16,9 @@ use super::{CrmObject, Filter, HubSpot, Operator, PropertyDefinition, MAX_SEARCH
 use crate::http::{DailyUsage, RequestStats};
 use crate::paginate::Paged;
 use crate::schema::{coerce, Catalog, Field, FieldType, StreamSchema};
-use crate::source::{AccountInfo, CountCheck, Page, Record, Source, StreamPlan, StreamState};
+use crate::source::{
+    AccountInfo, CountCheck, Page, Record, Rejected, Source, StreamPlan, StreamState,
+};
 use crate::{Error, Result};
 
 /// The stream of CRM owners.
@@ -349,16 +351,31 @@ struct StepPage {
     items: Vec<CrmObject>,
     next: Option<String>,
     total: Option<u64>,
+    /// Records read that could not be decoded.
+    rejected: Vec<Rejected>,
 }
 
 impl StepPage {
-    fn listed(p: Paged<CrmObject, String>) -> StepPage {
+    fn listed((p, rejected): (Paged<CrmObject, String>, Vec<Rejected>)) -> StepPage {
         StepPage {
             items: p.items,
             next: p.next,
             total: None,
+            rejected,
         }
     }
+}
+
+/// The id of a record that could not be decoded, when its `id` can still be
+/// read (the search cursor must move past it).
+fn rejected_id(r: &Rejected) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    serde_json::from_slice::<IdOnly>(&r.raw)
+        .ok()
+        .and_then(|o| o.id.parse().ok())
 }
 
 /// The filters of the window `lo..=hi` on `last_modified`, after `last_id`.
@@ -403,24 +420,36 @@ fn changes(
                 .properties(props.clone())
                 .limit(MAX_SEARCH_LIMIT);
             async move {
-                let page = search.send().await?;
-                let full = page.items.len() as u32 >= MAX_SEARCH_LIMIT;
+                let (page, rejected) = search.send_lenient().await?;
+                let read = page.items.len() + rejected.len();
+                let full = read as u32 >= MAX_SEARCH_LIMIT;
+                // The page is sorted by id: the next query starts after its
+                // last record, good or not (a rejected record whose id cannot
+                // be read is passed by the good ones after it).
+                let last = page
+                    .items
+                    .iter()
+                    .filter_map(|o| o.id.parse::<u64>().ok())
+                    .chain(rejected.iter().filter_map(rejected_id))
+                    .max();
                 let next = if full {
-                    page.items.last().map(|o| o.id.clone())
+                    last.map(|id| id.to_string())
+                        .or_else(|| page.items.last().map(|o| o.id.clone()))
                 } else {
                     None
                 };
-                Ok(Paged::new(vec![(page.total, page.items)], next))
+                Ok(Paged::new(vec![(page.total, page.items, rejected)], next))
             }
         },
     )
     .map(|r| {
         r.map(|mut p| {
-            let (total, items) = p.items.pop().unwrap_or_default();
+            let (total, items, rejected) = p.items.pop().unwrap_or_default();
             StepPage {
                 items,
                 next: p.next,
                 total: Some(total),
+                rejected,
             }
         })
     })
@@ -619,7 +648,7 @@ impl HubSpotSource {
                             .list()
                             .properties(props.clone())
                             .after(after.clone())
-                            .pages()
+                            .lenient_pages()
                             .map(|r| r.map(StepPage::listed));
                         // A fresh listing starts with the live total, asked
                         // while its first page is fetched (search has its own,
@@ -650,7 +679,7 @@ impl HubSpotSource {
                         .properties(props.clone())
                         .archived(true)
                         .after(after)
-                        .pages()
+                        .lenient_pages()
                         .map(|r| r.map(StepPage::listed))
                         .boxed(),
                     Step::Changes {
@@ -675,10 +704,12 @@ impl HubSpotSource {
                         if take_total && tally.reported.is_none() {
                             tally.reported = p.total;
                         }
-                        tally.loaded += p.items.len() as u64;
+                        // A quarantined record was read: it counts as loaded.
+                        tally.loaded += (p.items.len() + p.rejected.len()) as u64;
                         let done = p.next.is_none();
                         let next = plan.after_page(i, p.next, tally);
-                        let page = Page::new(object_records(p.items, &types), next.to_state());
+                        let page = Page::new(object_records(p.items, &types), next.to_state())
+                            .with_rejected(p.rejected);
                         match (&scope, tally.reported) {
                             (Some(scope), Some(reported)) if done => page
                                 .with_count(CountCheck::new(scope.clone(), reported, tally.loaded)),
@@ -843,8 +874,9 @@ fn property_types(schema: &StreamSchema) -> HashMap<String, FieldType> {
 /// `schema`, and the next cursor: the same steps [`HubSpotSource`] takes for
 /// every page (useful to replay stored answers, and measured in `benches/`).
 pub fn decode_list_page(body: &[u8], schema: &StreamSchema) -> Result<Paged<Record, String>> {
-    let page: super::ListPage<CrmObject> =
-        Error::decode(PROVIDER, || format!("{} page", schema.name), body)?;
+    let what = || format!("{} page", schema.name);
+    let (page, rejected) = super::decode_results(body, what)?;
+    crate::sources::lenient::refuse(PROVIDER, &what(), rejected)?;
     let types = property_types(schema);
     let paged = page.into_paged();
     Ok(Paged::new(object_records(paged.items, &types), paged.next))
