@@ -121,7 +121,7 @@
 
 mod builder;
 mod conn;
-mod encode;
+pub(crate) mod encode;
 mod ident;
 mod layout;
 mod rows;

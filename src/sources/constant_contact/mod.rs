@@ -73,7 +73,7 @@
 
 mod models;
 mod plan;
-mod source;
+pub(crate) mod source;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -488,11 +488,11 @@ pub struct ListPage<T> {
 
 /// The answer of a listing: items under [`Listed::KEY`], `_links.next.href`,
 /// the count, and the `status: processing` of a 202.
-struct Envelope<T> {
-    items: Vec<T>,
-    next: Option<String>,
-    count: Option<u64>,
-    processing: bool,
+pub(crate) struct Envelope<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next: Option<String>,
+    pub(crate) count: Option<u64>,
+    pub(crate) processing: bool,
 }
 
 #[derive(Deserialize)]
