@@ -15,3 +15,32 @@ fn retry_after_past_duration_max() {
     fuzzing::header(&input);
     fuzzing::header(b"\x001e20");
 }
+
+/// NUMERIC text with an exponent at the ends of `i64`
+/// (`1e9223372036854775807`, `0.001e-9223372036854775808`): the position
+/// of the decimal point overflowed in `normalize_numeric`
+/// (`sinks/bigquery/values.rs`), as a load value and as a query result
+/// cell.
+#[test]
+fn numeric_exponent_at_the_ends_of_i64() {
+    for text in [
+        "1e9223372036854775807",
+        "-12.5E+9223372036854775807",
+        "0.001e-9223372036854775808",
+        ".0e-9223372036854775808",
+    ] {
+        let mut input = vec![0u8];
+        input.extend_from_slice(text.as_bytes());
+        fuzzing::bigquery_value(&input);
+        // As a NUMERIC load value (type byte 2) and a query result cell.
+        let mut input = vec![1u8, 2];
+        input.extend_from_slice(format!("\"{text}\"").as_bytes());
+        fuzzing::bigquery_value(&input);
+        let rows = format!(
+            r#"{{"fields":[{{"name":"x","type":"NUMERIC"}}],"rows":[{{"f":[{{"v":"{text}"}}]}}]}}"#
+        );
+        let mut input = vec![3u8];
+        input.extend_from_slice(rows.as_bytes());
+        fuzzing::bigquery_value(&input);
+    }
+}

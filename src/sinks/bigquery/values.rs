@@ -226,13 +226,15 @@ pub(crate) fn normalize_numeric(text: &str) -> Option<String> {
         .chain(frac_part.bytes())
         .map(|b| b - b'0')
         .collect();
-    // Position of the decimal point within `digits`.
-    let point = int_part.len() as i64 + exponent;
+    // Position of the decimal point within `digits` (saturating: an
+    // exponent near the ends of i64 is out of range or rounds to zero either
+    // way).
+    let point = (int_part.len() as i64).saturating_add(exponent);
     if digits.iter().all(|d| *d == 0) {
         return Some("0".to_owned());
     }
     let first_nonzero = digits.iter().position(|d| *d != 0).unwrap_or(0) as i64;
-    if point - first_nonzero > 29 {
+    if point.saturating_sub(first_nonzero) > 29 {
         return None; // more than 29 integer digits
     }
     if point < -10 {
