@@ -37,11 +37,14 @@ trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo fuzz list); do
   mkdir -p "$scratch/$target" "corpus/$target"
   echo "=== $target (${secs}s)"
+  # grep hides the fuzzer's chatter; the fuzzer's own status decides.
+  set +e
   cargo fuzz run "${flags[@]}" "$target" "$scratch/$target" "corpus/$target" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
-    | grep -E '^(Done|stat::number_of_executed_units|INFO: seed corpus)|panicked|ERROR|SUMMARY|crash-|Reproduce' || true
-  # grep hides the fuzzer's chatter; the fuzzer's own status decides.
-  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    | grep -E '^(Done|stat::number_of_executed_units|INFO: seed corpus)|panicked|ERROR|SUMMARY|crash-|Reproduce'
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
     echo "fuzz target $target failed: see fuzz/artifacts/$target/"
     exit 1
   fi
