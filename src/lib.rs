@@ -61,6 +61,9 @@
 pub mod auth;
 mod error;
 mod fsutil;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod paginate;
 #[cfg(feature = "schedule")]

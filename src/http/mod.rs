@@ -4,7 +4,7 @@
 //! provider's error body parsed into [`crate::Error`], and `tracing` spans.
 
 mod events;
-mod limit;
+pub(crate) mod limit;
 mod retry;
 mod transport;
 

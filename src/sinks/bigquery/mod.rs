@@ -130,7 +130,7 @@ mod client;
 mod config;
 mod layout;
 mod names;
-mod values;
+pub(crate) mod values;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

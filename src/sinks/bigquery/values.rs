@@ -236,7 +236,7 @@ pub(crate) fn normalize_numeric(text: &str) -> Option<String> {
         return Some("0".to_owned()); // rounds to zero at 9 fractional digits
     }
     let first_nonzero = digits.iter().position(|d| *d != 0).unwrap_or(0) as i64;
-    if point - first_nonzero > 29 {
+    if point.saturating_sub(first_nonzero) > 29 {
         return None; // more than 29 integer digits
     }
     // Integer digits and the first 10 fractional digits (one for rounding).

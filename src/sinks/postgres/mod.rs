@@ -166,7 +166,7 @@
 
 mod builder;
 mod conn;
-mod encode;
+pub(crate) mod encode;
 mod ident;
 mod layout;
 mod quarantine;

@@ -73,7 +73,7 @@
 
 mod models;
 mod plan;
-mod source;
+pub(crate) mod source;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -541,11 +541,11 @@ pub struct ListPage<T> {
 /// the count, and the `status: processing` of a 202.
 /// `I` is what each item is decoded as: `T`, or a raw record
 /// (`&RawValue`) to decode on its own.
-struct Envelope<T, I = T> {
-    items: Vec<I>,
-    next: Option<String>,
-    count: Option<u64>,
-    processing: bool,
+pub(crate) struct Envelope<T, I = T> {
+    pub(crate) items: Vec<I>,
+    pub(crate) next: Option<String>,
+    pub(crate) count: Option<u64>,
+    pub(crate) processing: bool,
     _t: PhantomData<fn() -> T>,
 }
 

@@ -102,7 +102,7 @@ pub struct ConstantContactSource {
 /// Where a stream's read stands (the stream state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
-pub(super) enum Position {
+pub(crate) enum Position {
     /// A full listing, at `next` (`None`: its first page), begun at
     /// `started_ms`; `loaded` records read from it so far.
     Full {
@@ -159,7 +159,7 @@ pub(super) enum Position {
 }
 
 impl Position {
-    pub(super) fn from_state(state: Option<StreamState>) -> Result<Self> {
+    pub(crate) fn from_state(state: Option<StreamState>) -> Result<Self> {
         match state {
             None => Ok(Position::Full {
                 next: None,
@@ -171,7 +171,7 @@ impl Position {
         }
     }
 
-    fn to_state(&self) -> StreamState {
+    pub(crate) fn to_state(&self) -> StreamState {
         StreamState(serde_json::to_value(self).unwrap_or(Value::Null))
     }
 }
@@ -402,7 +402,7 @@ pub(super) fn ms_to_time(ms: i64) -> DateTime<Utc> {
 }
 
 /// Custom field id → (column, type).
-type CustomFieldColumns = HashMap<String, (String, FieldType)>;
+pub(crate) type CustomFieldColumns = HashMap<String, (String, FieldType)>;
 
 /// The column of a custom field (by its unique `name`, else its id).
 fn custom_field_column(f: &CustomField) -> String {
@@ -452,7 +452,7 @@ fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
 /// (the address) and one typed `cf_{name}` column per custom field of the
 /// schema (null when the contact has no value, so a cleared value replaces
 /// the old one).
-fn contact_record(c: Contact, columns: &CustomFieldColumns) -> Record {
+pub(crate) fn contact_record(c: Contact, columns: &CustomFieldColumns) -> Record {
     let deleted = c.is_deleted();
     let id = c.contact_id.clone();
     let mut data = to_map(&c);
@@ -473,15 +473,15 @@ fn contact_record(c: Contact, columns: &CustomFieldColumns) -> Record {
     Record::new(id, data).deleted(deleted)
 }
 
-fn list_record(l: ContactList) -> Record {
+pub(crate) fn list_record(l: ContactList) -> Record {
     Record::new(l.list_id.clone(), to_map(&l))
 }
 
-fn custom_field_record(f: CustomField) -> Record {
+pub(crate) fn custom_field_record(f: CustomField) -> Record {
     Record::new(f.custom_field_id.clone(), to_map(&f))
 }
 
-fn campaign_record(c: EmailCampaign) -> Record {
+pub(crate) fn campaign_record(c: EmailCampaign) -> Record {
     let deleted = c.is_removed();
     Record::new(c.campaign_id.clone(), to_map(&c)).deleted(deleted)
 }
@@ -489,7 +489,7 @@ fn campaign_record(c: EmailCampaign) -> Record {
 /// A summary as a record: the unique counts as top-level columns named as
 /// the API names them (`sends`, `opens`, `clicks`, `forwards`, `optouts`,
 /// `abuse`, `bounces`, `not_opened`).
-fn summary_record(s: CampaignSummary) -> Record {
+pub(crate) fn summary_record(s: CampaignSummary) -> Record {
     let mut data = to_map(&s);
     if let Some(Value::Object(counts)) = data.remove("unique_counts") {
         for (k, v) in counts {
@@ -499,7 +499,7 @@ fn summary_record(s: CampaignSummary) -> Record {
     Record::new(s.campaign_id, data)
 }
 
-fn activity_record(a: CampaignActivity, campaign_id: &str) -> Record {
+pub(crate) fn activity_record(a: CampaignActivity, campaign_id: &str) -> Record {
     let mut data = to_map(&a);
     if !matches!(data.get("campaign_id"), Some(Value::String(_))) {
         data.insert("campaign_id".into(), Value::String(campaign_id.to_owned()));

@@ -131,7 +131,7 @@ struct ResultPaging {
 }
 
 #[derive(Deserialize)]
-struct BatchResult {
+pub(crate) struct BatchResult {
     from: FromId,
     #[serde(default)]
     to: Vec<AssociatedObject>,
@@ -140,11 +140,11 @@ struct BatchResult {
 }
 
 #[derive(Deserialize)]
-struct BatchAnswer {
+pub(crate) struct BatchAnswer {
     #[serde(default)]
-    results: Vec<BatchResult>,
+    pub(crate) results: Vec<BatchResult>,
     #[serde(default)]
-    errors: Vec<Value>,
+    pub(crate) errors: Vec<Value>,
 }
 
 #[derive(Serialize)]
@@ -277,7 +277,7 @@ impl Associations {
 
 /// An error of a batch read that only says "nothing here": the record has
 /// no associations of that type (or no longer exists).
-fn is_benign(error: &Value) -> bool {
+pub(crate) fn is_benign(error: &Value) -> bool {
     let s = |k: &str| error.get(k).and_then(Value::as_str).unwrap_or("");
     s("category") == "OBJECT_NOT_FOUND" || s("subCategory").ends_with("NO_ASSOCIATIONS_FOUND")
 }
@@ -285,7 +285,7 @@ fn is_benign(error: &Value) -> bool {
 /// Where an association stream stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
-enum AssocPosition {
+pub(crate) enum AssocPosition {
     /// A full read under way: the id listing's cursor, and when it began.
     Reading {
         after: Option<String>,
@@ -296,7 +296,7 @@ enum AssocPosition {
 }
 
 impl AssocPosition {
-    fn from_state(state: Option<&StreamState>) -> Result<Option<AssocPosition>> {
+    pub(crate) fn from_state(state: Option<&StreamState>) -> Result<Option<AssocPosition>> {
         state
             .map(|s| {
                 serde_json::from_value(s.0.clone())
@@ -305,7 +305,7 @@ impl AssocPosition {
             .transpose()
     }
 
-    fn to_state(&self) -> StreamState {
+    pub(crate) fn to_state(&self) -> StreamState {
         StreamState(serde_json::to_value(self).unwrap_or(Value::Null))
     }
 }

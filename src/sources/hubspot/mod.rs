@@ -43,7 +43,7 @@
 pub mod associations;
 mod models;
 mod plan;
-mod source;
+pub(crate) mod source;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -513,7 +513,7 @@ fn enc(s: &str) -> String {
 /// An answer with its records under `results` (listing, search, batch
 /// read): `paging` and `total` where the endpoint has them.
 #[derive(Deserialize)]
-struct ListPage<T> {
+pub(crate) struct ListPage<T> {
     results: Vec<T>,
     #[serde(default)]
     paging: Option<Paging>,
@@ -581,7 +581,7 @@ struct NextPage {
 }
 
 impl<T> ListPage<T> {
-    fn into_paged(self) -> Paged<T, String> {
+    pub(crate) fn into_paged(self) -> Paged<T, String> {
         let next = self.paging.and_then(|p| p.next).map(|n| n.after);
         Paged::new(self.results, next)
     }

@@ -97,7 +97,7 @@ pub struct HubSpotSource {
 /// began, and how many records were read from it so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
-pub(super) enum Position {
+pub(crate) enum Position {
     Active {
         after: Option<String>,
         #[serde(default)]
@@ -129,7 +129,7 @@ pub(super) enum Position {
 }
 
 impl Position {
-    pub(super) fn from_state(state: Option<StreamState>) -> Result<Self> {
+    pub(crate) fn from_state(state: Option<StreamState>) -> Result<Self> {
         match state {
             None => Ok(Position::Active {
                 after: None,
@@ -142,7 +142,7 @@ impl Position {
         }
     }
 
-    fn to_state(&self) -> StreamState {
+    pub(crate) fn to_state(&self) -> StreamState {
         StreamState(serde_json::to_value(self).unwrap_or(Value::Null))
     }
 }
@@ -945,7 +945,7 @@ fn object_record(o: CrmObject, types: &HashMap<String, FieldType>) -> Record {
 }
 
 /// A JSON object with an `id` as a record; a value without one is dropped.
-fn json_record(v: Value, deleted: bool) -> Option<Record> {
+pub(crate) fn json_record(v: Value, deleted: bool) -> Option<Record> {
     let Value::Object(map) = v else { return None };
     let id = match map.get("id") {
         Some(Value::String(s)) => s.clone(),

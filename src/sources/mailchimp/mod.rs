@@ -42,7 +42,7 @@
 //! hypermedia links Mailchimp adds to every object are not transferred.
 
 mod models;
-mod source;
+pub(crate) mod source;
 mod window;
 
 use std::marker::PhantomData;

@@ -278,7 +278,7 @@ fn window_scope(what: &str, field: &str, w: &Window) -> String {
 /// Where the `list_members` stream stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
-enum MembersPos {
+pub(crate) enum MembersPos {
     /// Reading audience `lists[index]` in `window`; `cursors` holds where
     /// each audience's next incremental read starts.
     Reading {
@@ -294,7 +294,7 @@ enum MembersPos {
 /// Where the `campaigns` stream stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
-enum CampaignsPos {
+pub(crate) enum CampaignsPos {
     /// By creation time; then, on incremental runs, the campaigns sent
     /// from `reread_from`.
     Created {
@@ -317,7 +317,7 @@ enum CampaignsPos {
 /// window: `/reports` has no sort parameter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
-enum ReportsPos {
+pub(crate) enum ReportsPos {
     Reading {
         #[serde(default)]
         since: Option<i64>,
@@ -334,7 +334,7 @@ enum ReportsPos {
 /// Where a stream read in full every run stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
-enum FullPos {
+pub(crate) enum FullPos {
     /// A listing at an offset, under an upper time bound.
     Listing {
         offset: u64,
@@ -349,11 +349,11 @@ enum FullPos {
     Done {},
 }
 
-fn to_state<T: Serialize>(pos: &T) -> StreamState {
+pub(crate) fn to_state<T: Serialize>(pos: &T) -> StreamState {
     StreamState(serde_json::to_value(pos).unwrap_or(Value::Null))
 }
 
-fn from_state<T: for<'de> Deserialize<'de>>(
+pub(crate) fn from_state<T: for<'de> Deserialize<'de>>(
     state: Option<&StreamState>,
     stream: &str,
 ) -> Result<Option<T>> {
@@ -613,7 +613,7 @@ fn merge_value(v: Value, t: FieldType) -> Value {
     }
 }
 
-fn member_record(m: Member, list_id: &str, merge: &[(String, FieldType)]) -> Record {
+pub(crate) fn member_record(m: Member, list_id: &str, merge: &[(String, FieldType)]) -> Record {
     let mut data = fields_of(&m);
     data.insert("list_id".into(), Value::String(list_id.to_owned()));
     for (tag, t) in merge {
@@ -735,7 +735,7 @@ impl Reader for CampaignsReader {
     }
 }
 
-fn campaign_record(c: Campaign) -> Record {
+pub(crate) fn campaign_record(c: Campaign) -> Record {
     let mut data = fields_of(&c);
     let list_id = c.recipients.as_ref().and_then(|r| r.list_id.clone());
     let (subject, title) = c
@@ -820,7 +820,7 @@ impl Reader for ReportsReader {
     }
 }
 
-fn report_record(r: CampaignReport) -> Record {
+pub(crate) fn report_record(r: CampaignReport) -> Record {
     let mut data = fields_of(&r);
     let num = |v: Option<u64>| v.map_or(Value::Null, Value::from);
     let rate = |v: Option<f64>| {
@@ -900,7 +900,7 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> Reader for ListingReader<T
     }
 }
 
-fn plain_record<T: Serialize>(id: String, item: &T) -> Record {
+pub(crate) fn plain_record<T: Serialize>(id: String, item: &T) -> Record {
     Record::new(id, fields_of(item))
 }
 
