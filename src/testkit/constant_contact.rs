@@ -1159,6 +1159,15 @@ impl ConstantContactFake {
         self.inner.hostile.set(hostility);
     }
 
+    /// Every access and refresh token the fake has issued (spent ones
+    /// too), for tests that check no secret shows up in output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let st = self.inner.state();
+        let mut tokens: Vec<String> = st.access.keys().chain(st.refresh.keys()).cloned().collect();
+        tokens.sort();
+        tokens
+    }
+
     /// The hostile mode the fake is in, if any.
     pub fn hostility(&self) -> Option<Hostility> {
         self.inner.hostile.get()

@@ -64,9 +64,11 @@ pub enum Hostility {
         always_new: bool,
     },
     /// The first page of each data listing ends it early: HubSpot's first
-    /// page has no `paging`, Constant Contact's no `_links.next`; Mailchimp's
-    /// first page is short (half the records) and reports a `total_items`
-    /// equal to what it holds.
+    /// page has no `paging`, Constant Contact's no `_links.next`. Where the
+    /// first page has no next cursor to drop (a listing that fits one page,
+    /// and Mailchimp's offset paging), it is short instead: half its
+    /// records, with `total_items` (and any `total` or `…_count`) equal to
+    /// what it holds.
     TruncatedListing,
     /// On every page of a data listing, four records are undecodable: one
     /// holds an unpaired surrogate (`"\ud800"`), one invalid UTF-8 bytes,
@@ -77,8 +79,8 @@ pub enum Hostility {
     /// custom field names, in a field name of the first record of each page
     /// and in the id of the last record of each page.
     NulInNames,
-    /// The first data call answers 200 with `Content-Encoding: gzip` and a
-    /// body of about 1 MiB that inflates to more than 1 GiB.
+    /// Every data call answers 200 with `Content-Encoding: gzip` and a body
+    /// of about 1 MiB that inflates to more than 1 GiB.
     GzipBomb,
     /// Token calls (HubSpot's `POST /oauth/v1/token` and
     /// `GET /oauth/v1/access-tokens/{token}`, Mailchimp's token and metadata
@@ -269,8 +271,6 @@ struct SwitchState {
     first_pages: HashMap<String, Vec<u8>>,
     /// Mailchimp: the real `total_items` of each listing, by path.
     totals: HashMap<String, u64>,
-    /// Gzip bombs served since the mode was set.
-    bombs: u64,
 }
 
 impl HostileSwitch {
@@ -302,14 +302,11 @@ impl HostileSwitch {
                 Some(rate_limited(provider, "1e20"))
             }
             Hostility::DroppedConnection if kind == Kind::Token => Some(dropped()),
-            Hostility::GzipBomb if kind == Kind::Data && st.bombs == 0 => {
-                st.bombs += 1;
-                Some(Wire::new(
-                    200,
-                    [("Content-Encoding".to_owned(), "gzip".to_owned())],
-                    Some((gzip_bomb().to_vec(), "application/json")),
-                ))
-            }
+            Hostility::GzipBomb if kind == Kind::Data => Some(Wire::new(
+                200,
+                [("Content-Encoding".to_owned(), "gzip".to_owned())],
+                Some((gzip_bomb().to_vec(), "application/json")),
+            )),
             Hostility::EndlessCursor { .. } if kind == Kind::Data => {
                 let cursor = query_value(req, cursor_param(provider))?;
                 let past_end = match provider {
@@ -540,7 +537,7 @@ fn endless(
 }
 
 fn truncate(provider: Provider, body: &mut Value) -> bool {
-    match provider {
+    let cut = match provider {
         Provider::HubSpot => body
             .as_object_mut()
             .is_some_and(|o| o.remove("paging").is_some()),
@@ -548,21 +545,29 @@ fn truncate(provider: Provider, body: &mut Value) -> bool {
             .get_mut("_links")
             .and_then(Value::as_object_mut)
             .is_some_and(|l| l.remove("next").is_some()),
-        Provider::Mailchimp => {
-            let Some(records) = records_mut(provider, body) else {
-                return false;
-            };
-            if records.len() < 2 {
-                return false;
+        Provider::Mailchimp => false,
+    };
+    if cut {
+        return true;
+    }
+    // The listing fits one page (or pages by offset): a short page instead,
+    // with counts that agree with it.
+    let Some(records) = records_mut(provider, body) else {
+        return false;
+    };
+    if records.len() < 2 {
+        return false;
+    }
+    let keep = records.len() / 2;
+    records.truncate(keep);
+    if let Some(o) = body.as_object_mut() {
+        for (k, v) in o.iter_mut() {
+            if (k == "total_items" || k == "total" || k.ends_with("_count")) && v.is_u64() {
+                *v = json!(keep);
             }
-            let keep = records.len() / 2;
-            records.truncate(keep);
-            if let Some(o) = body.as_object_mut() {
-                o.insert("total_items".into(), json!(keep));
-            }
-            true
         }
     }
+    true
 }
 
 /// True for `2024-03-01T…` strings.
@@ -751,5 +756,32 @@ mod tests {
         assert_eq!(bomb.len(), member * 1100);
         assert!(bomb.chunks(member).all(|c| c == &bomb[..member]));
         assert!(n * 1100 > 1 << 30);
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::Hostility;
+    use crate::testkit::hubspot::{FakeConfig, HubSpotFake};
+    use std::time::{Duration, Instant};
+
+    /// A dropped connection ends the answer at once (an error), not a stall.
+    #[tokio::test]
+    async fn dropped_connection_fails_fast() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        fake.set_hostility(Some(Hostility::DroppedConnection));
+        let started = Instant::now();
+        let got = reqwest::Client::new()
+            .get(format!("{}/oauth/v1/access-tokens/CO-secret", fake.uri()))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let got = match got {
+            Ok(r) => r.bytes().await.map(|b| b.len()),
+            Err(e) => Err(e),
+        };
+        eprintln!("{got:?} after {:?}", started.elapsed());
+        assert!(got.is_err(), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

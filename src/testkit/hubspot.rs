@@ -867,6 +867,24 @@ impl HubSpotFake {
         self.inner.hostile.set(hostility);
     }
 
+    /// Every OAuth token and authorization code this portal has issued
+    /// (access and refresh tokens, codes), for tests that check no secret
+    /// shows up in output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let portal = self.inner.portal;
+        let mut tokens: Vec<String> = self
+            .hub
+            .minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| **p == portal)
+            .map(|(t, _)| t.clone())
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
     /// The hostile mode this portal is in, if any.
     pub fn hostility(&self) -> Option<Hostility> {
         self.inner.hostile.get()
