@@ -4,6 +4,10 @@
 //! Postgres, S3 on moto, BigQuery on its emulator; the servers of
 //! `scripts/test-services.sh`).
 //!
+//! Each sink server gets one sink instance per source (streams of
+//! different sources share names), shared by that source's cases, each
+//! case with its own tenant.
+//!
 //! Each case runs a clean sync of a fresh fake into the sink, switches the
 //! fake into the hostile mode and runs a full refresh (the mode that may
 //! delete rows), in a spawned task under a time limit. Then:
@@ -598,17 +602,22 @@ async fn run_case(h: Hostility, src: Src, sink: Arc<dyn Sink>) -> Result<String,
 }
 
 async fn matrix(kind: SinkKind) {
-    let shared = shared_sink(kind).await;
+    // One sink per source: sources name streams alike (`contacts`) with
+    // other keys, and a sink's tables are per stream, shared by tenants.
+    let mut shared = Vec::new();
+    for _ in SOURCES {
+        shared.push(shared_sink(kind).await);
+    }
     let only: Option<String> = std::env::var("HOSTILE_ONLY").ok();
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for h in Hostility::ALL {
-        for src in SOURCES {
+        for (src, sink) in SOURCES.iter().copied().zip(&shared) {
             let name = format!("{} × {} × {}", h.name(), src.name(), kind.name());
             if only.as_deref().is_some_and(|o| !name.contains(o)) {
                 continue;
             }
-            let outcome = run_case(h, src, shared.sink.clone()).await;
+            let outcome = run_case(h, src, sink.sink.clone()).await;
             let cell = match &outcome {
                 Ok(note) => format!("PASS {}", short(note, 110)),
                 Err(why) => format!("FAIL {}", short(why, 220)),
@@ -625,7 +634,9 @@ async fn matrix(kind: SinkKind) {
             }
         }
     }
-    cleanup(kind, &shared).await;
+    for sink in &shared {
+        cleanup(kind, sink).await;
+    }
     println!(
         "\n| class | source | sink | outcome |\n|---|---|---|---|\n{}\n",
         rows.join("\n")

@@ -293,7 +293,7 @@ impl HostileSwitch {
 
     /// A response that replaces the fake's own, if the mode asks for one.
     pub(crate) fn before(&self, provider: Provider, req: &Request) -> Option<Wire> {
-        let mut st = self.state();
+        let st = self.state();
         let h = st.hostility?;
         let path = req.url.path();
         let kind = kind(provider, req.method.as_str(), path);
@@ -457,14 +457,11 @@ fn gzip_bomb() -> &'static [u8] {
     static BOMB: OnceLock<Vec<u8>> = OnceLock::new();
     BOMB.get_or_init(|| {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let member = match enc
+        // Writing to a Vec cannot fail.
+        let member = enc
             .write_all(&vec![0u8; 1 << 20])
             .and_then(|()| enc.finish())
-        {
-            Ok(m) => m,
-            // Writing to a Vec cannot fail.
-            Err(_) => Vec::new(),
-        };
+            .unwrap_or_default();
         member.repeat(1100)
     })
 }
@@ -764,6 +761,52 @@ mod wire_tests {
     use super::Hostility;
     use crate::testkit::hubspot::{FakeConfig, HubSpotFake};
     use std::time::{Duration, Instant};
+
+    async fn get(fake: &HubSpotFake, path: &str) -> (u16, Vec<u8>) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", fake.uri()))
+            .bearer_auth("pat-fake-token")
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        (status, r.bytes().await.expect("body").to_vec())
+    }
+
+    /// The modes change what a client sees, and `None` restores it.
+    #[tokio::test]
+    async fn modes_damage_hubspot_pages() {
+        let fake = HubSpotFake::start(FakeConfig::default()).await;
+        let list = "/crm/v3/objects/contacts?limit=10";
+        fake.set_hostility(Some(Hostility::NulInNames));
+        let (_, body) = get(&fake, list).await;
+        let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let id = page["results"][9]["id"].as_str().expect("id");
+        assert!(id.ends_with('\0'), "{id:?}");
+        let (_, body) = get(&fake, "/crm/v3/properties/contacts").await;
+        let props: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let label = props["results"][0]["label"].as_str().expect("label");
+        assert!(label.ends_with('\0'), "{label:?}");
+
+        fake.set_hostility(Some(Hostility::TruncatedListing));
+        let (_, body) = get(&fake, list).await;
+        let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(page.get("paging").is_none());
+
+        fake.set_hostility(Some(Hostility::BadRecords));
+        let (_, body) = get(&fake, list).await;
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+
+        fake.set_hostility(Some(Hostility::HugeRetryAfter));
+        let (status, _) = get(&fake, list).await;
+        assert_eq!(status, 429);
+
+        fake.set_hostility(None);
+        let (status, body) = get(&fake, list).await;
+        assert_eq!(status, 200);
+        let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(page["paging"]["next"]["after"].is_string());
+    }
 
     /// A dropped connection ends the answer at once (an error), not a stall.
     #[tokio::test]
