@@ -369,8 +369,9 @@ impl HostileSwitch {
                 let names =
                     path.contains("merge-fields") || path.ends_with("contact_custom_fields");
                 self.rewrite_json(&mut wire, |_, body| {
-                    nul_labels(body, names);
-                    kind == Kind::Data && nul_records(provider, body)
+                    let labels = nul_labels(body, names);
+                    let records = kind == Kind::Data && nul_records(provider, body);
+                    labels || records
                 });
                 wire
             }
@@ -659,21 +660,32 @@ fn bad_records(provider: Provider, body: &mut Value) -> bool {
     changed
 }
 
-fn nul_labels(v: &mut Value, names: bool) {
+/// Appends a NUL to every label, description and group name (and, with
+/// `names`, every `name`); true when it changed anything.
+fn nul_labels(v: &mut Value, names: bool) -> bool {
+    let mut changed = false;
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
                 let label = matches!(k.as_str(), "label" | "description" | "groupName")
                     || (names && k == "name");
                 match child {
-                    Value::String(s) if label => s.push('\0'),
-                    _ => nul_labels(child, names),
+                    Value::String(s) if label => {
+                        s.push('\0');
+                        changed = true;
+                    }
+                    _ => changed |= nul_labels(child, names),
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|c| nul_labels(c, names)),
+        Value::Array(a) => {
+            for c in a.iter_mut() {
+                changed |= nul_labels(c, names);
+            }
+        }
         _ => {}
     }
+    changed
 }
 
 fn id_key(o: &Map<String, Value>) -> Option<String> {
