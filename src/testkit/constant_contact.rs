@@ -70,6 +70,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use super::hostile::{HostileSwitch, Hostility, Provider, Wire};
+
 // ---------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------
@@ -783,6 +785,8 @@ struct Inner {
     state: Mutex<State>,
     latency_nanos: AtomicU64,
     token_counter: AtomicU64,
+    /// The hostile mode ([`ConstantContactFake::set_hostility`]).
+    hostile: HostileSwitch,
 }
 
 struct Responder(Arc<Inner>);
@@ -853,6 +857,7 @@ impl ConstantContactFake {
             state: Mutex::new(state),
             latency_nanos: AtomicU64::new(latency),
             token_counter: AtomicU64::new(0),
+            hostile: HostileSwitch::default(),
         });
         Mock::given(wiremock::matchers::any())
             .respond_with(Responder(Arc::clone(&inner)))
@@ -1157,6 +1162,27 @@ impl ConstantContactFake {
         self.state().repeat.insert(listing.to_owned(), page);
     }
 
+    /// Switches the fake into a hostile mode (see [`Hostility`]), or back
+    /// to normal with `None`. The records served stay the same; what the
+    /// mode damages is described on each variant.
+    pub fn set_hostility(&self, hostility: Option<Hostility>) {
+        self.inner.hostile.set(hostility);
+    }
+
+    /// Every access and refresh token the fake has issued (spent ones
+    /// too), for tests that check no secret shows up in output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let st = self.inner.state();
+        let mut tokens: Vec<String> = st.access.keys().chain(st.refresh.keys()).cloned().collect();
+        tokens.sort();
+        tokens
+    }
+
+    /// The hostile mode the fake is in, if any.
+    pub fn hostility(&self) -> Option<Hostility> {
+        self.inner.hostile.get()
+    }
+
     /// Clears injected faults, malformed pages and repeated cursors.
     pub fn clear_faults(&self) {
         let mut st = self.state();
@@ -1329,11 +1355,21 @@ impl Inner {
     }
 
     fn handle(&self, req: &Request) -> ResponseTemplate {
-        let reply = self.route(req);
-        let mut t = ResponseTemplate::new(reply.status);
-        if let Some(body) = reply.body {
-            t = t.set_body_raw(super::reply_bytes(body), JSON_MIME);
-        }
+        let wire = match self.hostile.before(Provider::ConstantContact, req) {
+            Some(wire) => wire,
+            None => {
+                let reply = self.route(req);
+                Wire::new(
+                    reply.status,
+                    [],
+                    reply.body.map(|b| (super::reply_bytes(b), JSON_MIME)),
+                )
+            }
+        };
+        let mut t = self
+            .hostile
+            .after(Provider::ConstantContact, req, wire)
+            .into_template();
         let latency = Duration::from_nanos(self.latency_nanos.load(AtomicOrdering::Relaxed));
         if !latency.is_zero() {
             t = t.set_delay(latency);

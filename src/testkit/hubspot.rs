@@ -97,7 +97,8 @@
 //! See [`HubSpotFake::fail_next`], [`HubSpotFake::fail_next_with_retry_after`],
 //! [`HubSpotFake::token_endpoint_fail_next`], [`HubSpotFake::malformed_page`],
 //! [`HubSpotFake::repeat_cursor`], [`HubSpotFake::expire_access_tokens`],
-//! [`HubSpotFake::set_latency`] and [`HubSpotFake::set_rate_limit`].
+//! [`HubSpotFake::set_latency`] and [`HubSpotFake::set_rate_limit`]; for
+//! whole classes of hostile upstream behaviour, [`HubSpotFake::set_hostility`].
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -113,6 +114,8 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde_json::{json, Map, Value};
 use url::Url;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use super::hostile::{HostileSwitch, Hostility, Provider, Wire};
 
 // ---------------------------------------------------------------------------
 // Public configuration
@@ -878,6 +881,36 @@ impl HubSpotFake {
         let mut st = self.inner.state();
         let entry = st.drop_paging.entry(name).or_insert(at_page);
         *entry = (*entry).min(at_page);
+    }
+
+    /// Switches this portal into a hostile mode (see [`Hostility`]), or
+    /// back to normal with `None`. The records served stay the same; what
+    /// the mode damages is described on each variant.
+    pub fn set_hostility(&self, hostility: Option<Hostility>) {
+        self.inner.hostile.set(hostility);
+    }
+
+    /// Every OAuth token and authorization code this portal has issued
+    /// (access and refresh tokens, codes), for tests that check no secret
+    /// shows up in output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let portal = self.inner.portal;
+        let mut tokens: Vec<String> = self
+            .hub
+            .minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| **p == portal)
+            .map(|(t, _)| t.clone())
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
+    /// The hostile mode this portal is in, if any.
+    pub fn hostility(&self) -> Option<Hostility> {
+        self.inner.hostile.get()
     }
 
     /// Clears injected faults, malformed pages, repeating cursors and
@@ -2872,6 +2905,8 @@ struct Inner {
     code_exchanges: AtomicU64,
     token_requests: AtomicU64,
     max_in_window: AtomicU32,
+    /// The hostile mode ([`HubSpotFake::set_hostility`]).
+    hostile: HostileSwitch,
 }
 
 struct Responder(Arc<Hub>);
@@ -3115,6 +3150,7 @@ impl Inner {
             code_exchanges: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             max_in_window: AtomicU32::new(0),
+            hostile: HostileSwitch::default(),
             cfg,
         }
     }
@@ -3680,26 +3716,34 @@ impl Inner {
         let method = req.method.as_str();
         let route = Route::parse(method, &segs);
         let label = route.label(method, path);
-        let reply = if route == Route::Token {
-            self.token_requests.fetch_add(1, AtomicOrdering::Relaxed);
+        let hostile = self.hostile.before(Provider::HubSpot, req);
+        let wire = if let Some(wire) = hostile {
             self.count_path(label);
-            let fault = self.state().token_faults.pop_front();
-            match fault {
-                Some(fault) => self.fault_reply(fault),
-                None => self.token_endpoint(req),
-            }
+            wire
         } else {
-            self.requests.fetch_add(1, AtomicOrdering::Relaxed);
-            self.count_path(label);
-            self.api(req, route, path)
+            let reply = if route == Route::Token {
+                self.token_requests.fetch_add(1, AtomicOrdering::Relaxed);
+                self.count_path(label);
+                let fault = self.state().token_faults.pop_front();
+                match fault {
+                    Some(fault) => self.fault_reply(fault),
+                    None => self.token_endpoint(req),
+                }
+            } else {
+                self.requests.fetch_add(1, AtomicOrdering::Relaxed);
+                self.count_path(label);
+                self.api(req, route, path)
+            };
+            Wire::new(
+                reply.status,
+                reply.headers.into_iter().map(|(k, v)| (k.to_owned(), v)),
+                reply.body.map(|b| (super::reply_bytes(b), JSON_MIME)),
+            )
         };
-        let mut template = ResponseTemplate::new(reply.status);
-        for (name, value) in &reply.headers {
-            template = template.insert_header(*name, value.as_str());
-        }
-        if let Some(body) = reply.body {
-            template = template.set_body_raw(super::reply_bytes(body), JSON_MIME);
-        }
+        let mut template = self
+            .hostile
+            .after(Provider::HubSpot, req, wire)
+            .into_template();
         let latency = self.latency();
         if !latency.is_zero() {
             template = template.set_delay(latency);

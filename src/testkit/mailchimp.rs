@@ -77,6 +77,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use super::hostile::{HostileSwitch, Hostility, Provider, Wire};
+
 // ---------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------
@@ -568,6 +570,8 @@ struct Inner {
     anchor: i64,
     state: Mutex<State>,
     ids: AtomicU64,
+    /// The hostile mode ([`MailchimpFake::set_hostility`]).
+    hostile: HostileSwitch,
 }
 
 struct Responder(Arc<Inner>);
@@ -954,6 +958,18 @@ impl MailchimpFake {
             .push(served + nth);
     }
 
+    /// Switches the fake into a hostile mode (see [`Hostility`]), or back
+    /// to normal with `None`. The records served stay the same; what the
+    /// mode damages is described on each variant.
+    pub fn set_hostility(&self, hostility: Option<Hostility>) {
+        self.inner.hostile.set(hostility);
+    }
+
+    /// The hostile mode the fake is in, if any.
+    pub fn hostility(&self) -> Option<Hostility> {
+        self.inner.hostile.get()
+    }
+
     /// Drops pending faults.
     pub fn clear_faults(&self) {
         let mut st = self.inner.state();
@@ -1282,6 +1298,7 @@ impl Inner {
             anchor,
             state: Mutex::new(state),
             ids: AtomicU64::new(1),
+            hostile: HostileSwitch::default(),
         }
     }
 
@@ -1754,6 +1771,12 @@ impl Inner {
     // ----- request handling -------------------------------------------------
 
     fn handle(&self, req: &Request) -> ResponseTemplate {
+        if let Some(wire) = self.hostile.before(Provider::Mailchimp, req) {
+            return self
+                .hostile
+                .after(Provider::Mailchimp, req, wire)
+                .into_template();
+        }
         let path = req.url.path().to_owned();
         let method = req.method.as_str().to_owned();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -1775,13 +1798,15 @@ impl Inner {
             ["3.0", rest @ ..] => self.api(req, &method, rest, &q),
             _ => (not_found(), Duration::ZERO),
         };
-        let mut template = ResponseTemplate::new(reply.status);
-        for (name, value) in &reply.headers {
-            template = template.insert_header(*name, value.as_str());
-        }
-        if let Some((body, mime)) = reply.body {
-            template = template.set_body_raw(body.into_bytes(), mime);
-        }
+        let wire = Wire::new(
+            reply.status,
+            reply.headers.into_iter().map(|(k, v)| (k.to_owned(), v)),
+            reply.body.map(|(b, mime)| (b.into_bytes(), mime)),
+        );
+        let mut template = self
+            .hostile
+            .after(Provider::Mailchimp, req, wire)
+            .into_template();
         if !delay.is_zero() {
             template = template.set_delay(delay);
         }

@@ -40,8 +40,15 @@
 //!   custom fields, email campaigns and activities, summaries), cursor
 //!   links, the 4/s throttle and daily quota with their 429 bodies, PKCE
 //!   and rotating refresh tokens.
+//!
+//! Each fake also has a hostile mode ([`hostile::Hostility`], switched with
+//! `set_hostility`): absurd headers, endless or truncated listings,
+//! undecodable records, NUL characters in names and ids, gzip bombs and
+//! dropped connections, for testing that nothing panics, nothing is lost
+//! and every problem is reported.
 
 pub mod constant_contact;
+pub mod hostile;
 pub mod hubspot;
 pub mod mailchimp;
 pub mod sink_suite;
