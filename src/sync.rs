@@ -300,7 +300,7 @@ impl Sync {
     }
 
     /// The default of [`Sync::max_delete_share`].
-    pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
+    pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.25;
 
     /// The largest share (0 to 1) of a tenant's rows in a stream that a full
     /// refresh may delete because it did not read them (default
@@ -631,7 +631,7 @@ impl Sync {
                     .with_full_refresh(full_refresh),
             )
             .await?;
-        let prune_of = |counts: &[CountCheck]| -> Prune {
+        let prune_of = |counts: &[CountCheck], quarantined: u64| -> Prune {
             if let Some(p) = &earlier_withheld {
                 return p.clone();
             }
@@ -645,13 +645,19 @@ impl Sync {
                     )
                 })
                 .collect();
-            if bad.is_empty() {
-                Prune::UpTo(self.max_delete_share)
-            } else {
+            if !bad.is_empty() {
                 Prune::Withheld(format!(
                     "completeness checks did not match ({})",
                     bad.join("; ")
                 ))
+            } else if quarantined > 0 {
+                // A quarantined record was read but not written: its row
+                // would look deleted.
+                Prune::Withheld(format!(
+                    "{quarantined} records were quarantined, so their rows are kept"
+                ))
+            } else {
+                Prune::UpTo(self.max_delete_share)
             }
         };
         self.emit(Progress::StreamStarted {
@@ -705,7 +711,7 @@ impl Sync {
                                     complete: false,
                                     records: base + report.records,
                                     full_refresh,
-                                    prune: prune_of(&report.counts),
+                                    prune: prune_of(&report.counts, report.quarantined),
                                 };
                                 self.commit(stream, cp).await?;
                                 report.final_state = Some(state);
@@ -755,7 +761,7 @@ impl Sync {
                         complete: false,
                         records: base + report.records,
                         full_refresh,
-                        prune: prune_of(&report.counts),
+                        prune: prune_of(&report.counts, report.quarantined),
                     };
                     self.commit(stream, cp).await?;
                     report.final_state = Some(state);
@@ -769,7 +775,7 @@ impl Sync {
                 complete: true,
                 records: base + report.records,
                 full_refresh,
-                prune: prune_of(&report.counts),
+                prune: prune_of(&report.counts, report.quarantined),
             };
             report.prune = self.commit(stream, cp).await?;
             if let PruneOutcome::Withheld { reason, kept } = &report.prune {
